@@ -1,0 +1,46 @@
+"""The one output layer: results to stdout (human or JSON), logs and progress to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+# rich honours NO_COLOR and drops styling when the stream is not a terminal.
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+def result(text: str) -> None:
+    """A human-readable result line on stdout (no markup interpretation)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def stream(piece: str) -> None:
+    """Part of a result as it is produced (streamed text)."""
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON document (or one JSON line of a batch) on stdout."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    """A progress or status line on stderr."""
+    stderr.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr."""
+    stderr.print(f"warning: {message}", style="yellow", markup=False)
+
+
+def error(message: str) -> None:
+    """The one-line error on stderr."""
+    stderr.print(f"error: {message}", style="bold red", markup=False, soft_wrap=True)

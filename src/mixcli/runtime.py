@@ -1,0 +1,116 @@
+"""Device, dtype, threads and seeds: the one place that imports and configures Paddle."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+from .errors import MixError
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads() -> dict[str, str]:
+    """Set the BLAS/OpenMP thread counts to the cores available unless the user set them.
+
+    Paddle's CPU build otherwise runs its math on one thread (DESIGN.md: 16 GB/s by
+    default against 26-28 GB/s configured). Must run before the first Paddle op.
+    """
+    n = str(cpu_threads())
+    for var in THREAD_VARS:
+        os.environ.setdefault(var, n)
+    return {var: os.environ[var] for var in THREAD_VARS}
+
+
+_paddle = None
+
+
+def import_paddle():
+    """Import Paddle once, configured; a clear error if it is missing or broken."""
+    global _paddle
+    if _paddle is not None:
+        return _paddle
+    configure_threads()
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        import paddle
+    except ImportError as e:
+        raise MixError(
+            f"PaddlePaddle is not installed or does not import ({e})",
+            "pip install 'mixcli[cpu]', or Paddle's own build for your GPU/NPU first",
+        ) from e
+    paddle.base.core.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    _paddle = paddle
+    return paddle
+
+
+def available_devices() -> list[str]:
+    """Device kinds the installed Paddle can use, best first."""
+    paddle = import_paddle()
+    kinds = []
+    if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        kinds.append("gpu")
+    for custom in paddle.device.get_all_custom_device_type() or []:
+        kinds.append(custom)
+    if paddle.device.is_compiled_with_xpu():
+        kinds.append("xpu")
+    kinds.append("cpu")
+    return kinds
+
+
+def resolve_device(device: str | None) -> str:
+    """Validate a Paddle device string (``cpu``, ``gpu``, ``gpu:1``, ``npu:0``) or pick the best."""
+    kinds = available_devices()
+    if device is None or device == "auto":
+        return kinds[0]
+    kind = device.split(":")[0]
+    if kind not in kinds:
+        raise MixError(
+            f"device '{device}' is not available to this Paddle build (have: {', '.join(kinds)})",
+            "install Paddle's build for that device, or pass --device cpu",
+        )
+    return device
+
+
+def default_dtype(device: str) -> str:
+    """float32 on CPU; bfloat16 on accelerators."""
+    return "float32" if device.startswith("cpu") else "bfloat16"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in what precision a model runs."""
+
+    device: str
+    dtype: str
+
+
+def setup(device: str | None = None, dtype: str | None = None, seed: int | None = None) -> Runtime:
+    """Configure Paddle for a command: device, dtype, seed."""
+    paddle = import_paddle()
+    dev = resolve_device(device)
+    if dtype is not None and dtype not in DTYPES:
+        raise MixError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    paddle.set_device(dev)
+    if seed is not None:
+        seed_everything(seed)
+    return Runtime(device=dev, dtype=dtype or default_dtype(dev))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and Paddle."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    import_paddle().seed(seed)
