@@ -13,8 +13,8 @@ from . import output
 from .errors import handle_errors
 
 # Only commands that work are registered: (module under mixcli.cli, command name).
-COMMANDS: list[tuple[str, str]] = []
-GROUPS: list[tuple[str, str]] = []
+COMMANDS: list[tuple[str, str]] = [("download", "download")]
+GROUPS: list[tuple[str, str]] = [("models", "models")]
 
 app = typer.Typer(
     name="mix",

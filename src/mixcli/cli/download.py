@@ -1,0 +1,71 @@
+"""`mix download`: fetch a model into the cache (resumable, verified) and print where it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import output
+from .options import JsonOpt
+
+RevisionOpt = Annotated[
+    Optional[str],
+    typer.Option("--revision", metavar="REV", help="Branch, tag or commit (default: the registered one, else main)."),
+]
+IncludeOpt = Annotated[
+    Optional[list[str]], typer.Option("--include", metavar="GLOB", help="Only files matching this glob (repeatable).")
+]
+ExcludeOpt = Annotated[
+    Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Skip files matching this glob (repeatable).")
+]
+LocalDirOpt = Annotated[
+    Optional[Path], typer.Option("--local-dir", metavar="DIR", help="Download here instead of the cache.")
+]
+
+
+class _Bars:
+    """One tqdm bar per file on stderr; tqdm stays silent when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self.bars: dict = {}
+
+    def __call__(self, path: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(path)
+        if bar is None:
+            bar = self.bars[path] = tqdm(total=total, desc=path, unit="B", unit_scale=True, unit_divisor=1024,
+                                         disable=None, leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def command(
+    model: Annotated[str, typer.Argument(help="Alias from models.toml or hub repo id (owner/name).")],
+    revision: RevisionOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    local_dir: LocalDirOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Download a model from the hub (or HF_ENDPOINT), resuming and verifying; print its local path last."""
+    from .. import hub
+
+    bars = _Bars()
+    try:
+        result = hub.fetch_model(model, revision, include, exclude, local_dir, progress=bars)
+    finally:
+        bars.close()
+    if json_:
+        output.emit_json(result.to_json())
+        return
+    got = f", {hub.human_size(result.downloaded)} downloaded" if result.downloaded else ""
+    output.log(f"{result.repo}: {len(result.files)} files, {hub.human_size(result.bytes)}{got}")
+    output.result(str(result.path))
