@@ -29,7 +29,23 @@ def configure_threads() -> dict[str, str]:
     n = str(cpu_threads())
     for var in THREAD_VARS:
         os.environ.setdefault(var, n)
-    return {var: os.environ[var] for var in THREAD_VARS}
+    if cpu_vendor() == "AuthenticAMD":
+        # Paddle's bundled MKL (mklml) takes its slow generic path on AMD CPUs unless told
+        # otherwise; measured here: 3x faster prefill matmuls, 1.8x faster batch-1 matmuls.
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    return {var: os.environ[var] for var in (*THREAD_VARS, "MKL_DEBUG_CPU_TYPE") if var in os.environ}
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor id from /proc/cpuinfo (empty where unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 _paddle = None

@@ -1,0 +1,171 @@
+"""A Llama-style decoder-only language model (Qwen2, InternLM2, Llama) with a KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from .cache import KVCache
+from .norm import RMSNorm
+from .rope import RotaryEmbedding, apply_rotary
+
+
+@dataclass
+class DecoderConfig:
+    """The fields shared by Llama-family configs, with their upstream names."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2: True; Llama/InternLM2: config "attention_bias"/"bias"
+    hidden_act: str = "silu"
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, data: dict, **overrides) -> "DecoderConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values.update(overrides)
+        return cls(**values)
+
+
+def causal_mask(t: int, past: int, dtype) -> paddle.Tensor:
+    """(T, past+T) additive mask: query i sees keys 0 .. past+i."""
+    allowed = paddle.tril(paddle.ones([t, past + t], dtype="bool"), diagonal=past)
+    return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], float("-inf"), dtype))
+
+
+class Attention(nn.Layer):
+    """Multi-head attention with grouped key/value heads and rotary positions."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.h, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = None if cfg.qkv_bias else False
+        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias_attr=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
+        self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias_attr=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache, layer: int):
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape([b, t, self.h, self.d]).transpose([0, 2, 1, 3])  # (B, H, T, D)
+        k = self.k_proj(x).reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, Hkv, T, D)
+        v = self.v_proj(x).reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
+        out = grouped_attention(q, k, v, mask, self.hkv)
+        return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, self.h * self.d]))
+
+
+def grouped_attention(q, k, v, mask, hkv: int):
+    """softmax(q k^T / sqrt(D) + mask) v without copying k/v per query head.
+
+    Query head h uses key head h // G (transformers' repeat_kv), so the G query heads of a
+    group are folded into the query axis: (B, Hkv, G*T, D) against (B, Hkv, S, D).
+    """
+    b, h, t, d = q.shape
+    g = h // hkv
+    q = q.reshape([b, hkv, g * t, d])
+    scores = paddle.matmul(q, k, transpose_y=True) * (d**-0.5)  # (B, Hkv, G*T, S)
+    if mask is not None:
+        scores = scores + (mask if g == 1 else paddle.tile(mask, [g, 1]))
+    probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+    return paddle.matmul(probs, v).reshape([b, h, t, d])
+
+
+class MLP(nn.Layer):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias_attr=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Layer):
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderBody(nn.Layer):
+    """Embeddings, blocks and final norm: the `model.` part of a causal LM."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.LayerList([DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Layer):
+    """A decoder-only LM that runs on input embeddings against a KV cache."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = DecoderBody(cfg)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias_attr=False)
+
+    def embed(self, ids: paddle.Tensor) -> paddle.Tensor:
+        return self.model.embed_tokens(ids)
+
+    def make_cache(self, batch: int, max_len: int) -> KVCache:
+        cfg = self.config
+        dtype = self.model.embed_tokens.weight.dtype
+        return KVCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, max_len, dtype)
+
+    def hidden_states(self, embeds: paddle.Tensor, cache: KVCache) -> paddle.Tensor:
+        """Run the blocks on (B, T, H) embeddings placed after the cached tokens."""
+        t, past = embeds.shape[1], cache.offset
+        cos, sin = self.rotary(past, t, embeds.dtype)
+        mask = causal_mask(t, past, embeds.dtype) if t > 1 else None
+        x = embeds
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        cache.advance(t)
+        return self.model.norm(x)
+
+    def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        if self.config.tie_word_embeddings:
+            return paddle.matmul(hidden, self.model.embed_tokens.weight, transpose_y=True)
+        return self.lm_head(hidden)
+
+    def forward(self, embeds: paddle.Tensor, cache: KVCache, all_logits: bool = False) -> paddle.Tensor:
+        """Logits (B, T, V) when all_logits, else the last position's (B, V)."""
+        hidden = self.hidden_states(embeds, cache)
+        if not all_logits:
+            hidden = hidden[:, -1]
+        return self.logits(hidden).astype("float32")

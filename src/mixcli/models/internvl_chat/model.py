@@ -1,0 +1,203 @@
+"""InternVLChatModel in Paddle: vision features spliced into the language model's input embeddings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+from PIL import Image
+
+from ...errors import MixError
+from ...layers.decoder import CausalLM
+from ...tokenizer import TextTokenizer
+from ...weights import linear_weight_names, load_into, open_checkpoint
+from .config import InternVLConfig
+from .conversation import get_template
+from .processing import IMG_CONTEXT, build_prompt_text, pixel_values, question_with_images
+from .vision import InternViT
+
+
+@dataclass
+class Prompt:
+    """A tokenized request: the prompt text, its ids and the pixel tiles of every image."""
+
+    text: str
+    ids: list[int]
+    pixel_values: np.ndarray | None  # (tiles, 3, S, S)
+
+
+def pixel_shuffle(x: paddle.Tensor, scale: float, version: str) -> paddle.Tensor:
+    """Upstream InternVLChatModel.pixel_shuffle on (N, W, H, C); v1 skips the final transpose."""
+    n, w, h, c = x.shape
+    x = x.reshape([n, w, int(h * scale), int(c / scale)]).transpose([0, 2, 1, 3])
+    x = x.reshape([n, int(h * scale), int(w * scale), int(c / (scale * scale))])
+    return x if version == "v1" else x.transpose([0, 2, 1, 3])
+
+
+class Projector(nn.Layer):
+    """mlp1: LayerNorm, Linear, GELU, Linear (upstream keeps the Sequential indices 0, 1, 3)."""
+
+    def __init__(self, vit_dim: int, llm_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(vit_dim)
+        self.fc1 = nn.Linear(vit_dim, llm_dim)
+        self.fc2 = nn.Linear(llm_dim, llm_dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class InternVLChat(nn.Layer):
+    def __init__(self, cfg: InternVLConfig):
+        super().__init__()
+        self.config = cfg
+        vit_dim = cfg.vision_config.hidden_size * int(1 / cfg.downsample_ratio) ** 2
+        self.vision_model = InternViT(cfg.vision_config)
+        self.mlp1 = Projector(vit_dim, cfg.text.hidden_size)
+        self.language_model = CausalLM(cfg.text)
+
+    def extract_feature(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
+        """(tiles, 3, S, S) -> (tiles, num_image_token, llm hidden)."""
+        vit = self.vision_model(pixel_values, self.config.select_layer)[:, 1:]  # drop the class token
+        side = int(vit.shape[1] ** 0.5)
+        vit = vit.reshape([vit.shape[0], side, side, -1])
+        vit = pixel_shuffle(vit, self.config.downsample_ratio, self.config.ps_version)
+        vit = vit.reshape([vit.shape[0], -1, vit.shape[-1]])
+        return self.mlp1(vit)
+
+    def embed(self, input_ids: np.ndarray, pixel_values: np.ndarray | None, image_token_id: int) -> paddle.Tensor:
+        """Token embeddings with every image-context position replaced by a vision feature, in order."""
+        ids = paddle.to_tensor(np.asarray(input_ids, dtype=np.int64)[None])
+        embeds = self.language_model.embed(ids)  # (1, T, H)
+        if pixel_values is None or len(pixel_values) == 0:
+            return embeds
+        dtype = embeds.dtype
+        features = self.extract_feature(paddle.to_tensor(pixel_values).astype(dtype))
+        features = features.reshape([-1, features.shape[-1]])
+        positions = np.nonzero(np.asarray(input_ids) == image_token_id)[0]
+        if len(positions) != features.shape[0]:
+            raise ValueError(f"{len(positions)} image tokens for {features.shape[0]} image features")
+        index = paddle.to_tensor(positions.astype(np.int64))
+        return paddle.scatter(embeds[0], index, features, overwrite=True)[None]
+
+
+# Upstream names -> ours. Projector: Sequential(LayerNorm, Linear, GELU, Linear).
+RENAMES = [
+    (r"^mlp1\.0\.", "mlp1.norm."),
+    (r"^mlp1\.1\.", "mlp1.fc1."),
+    (r"^mlp1\.3\.", "mlp1.fc2."),
+]
+# InternLM2 names -> the Llama names our decoder uses (wqkv is split separately).
+INTERNLM2_RENAMES = [
+    (r"^language_model\.model\.tok_embeddings\.", "language_model.model.embed_tokens."),
+    (r"^language_model\.output\.", "language_model.lm_head."),
+    (r"\.attention\.wo\.", ".self_attn.o_proj."),
+    (r"\.feed_forward\.w1\.", ".mlp.gate_proj."),
+    (r"\.feed_forward\.w3\.", ".mlp.up_proj."),
+    (r"\.feed_forward\.w2\.", ".mlp.down_proj."),
+    (r"\.attention_norm\.", ".input_layernorm."),
+    (r"\.ffn_norm\.", ".post_attention_layernorm."),
+]
+
+
+def split_wqkv(wqkv: np.ndarray, heads: int, kv_heads: int, head_dim: int) -> tuple[np.ndarray, ...]:
+    """InternLM2's fused (out, in) wqkv: per kv head, `groups` query heads then one key and one value
+    head (upstream: rearrange 'b q (h gs d) -> b q h gs d', gs = 2 + groups)."""
+    groups = heads // kv_heads
+    w = wqkv.reshape(kv_heads, groups + 2, head_dim, -1)
+    q = w[:, :groups].reshape(heads * head_dim, -1)
+    k = w[:, groups].reshape(kv_heads * head_dim, -1)
+    v = w[:, groups + 1].reshape(kv_heads * head_dim, -1)
+    return q, k, v
+
+
+def _numpy(value) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def sanitize(weights: dict, cfg: InternVLConfig) -> dict:
+    """Upstream checkpoint names -> this module's names. Pure and idempotent."""
+    rules = RENAMES + (INTERNLM2_RENAMES if cfg.llm_kind == "internlm2" else [])
+    out = {}
+    for name, value in weights.items():
+        for pattern, repl in rules:
+            name = re.sub(pattern, repl, name)
+        if name.endswith(".attention.wqkv.weight"):
+            t = cfg.text
+            prefix = name[: -len("attention.wqkv.weight")]
+            q, k, v = split_wqkv(_numpy(value), t.num_attention_heads, t.num_key_value_heads, t.head_dim)
+            out.update({f"{prefix}self_attn.{p}_proj.weight": w for p, w in zip("qkv", (q, k, v))})
+            continue
+        out[name] = value
+    if cfg.text.tie_word_embeddings:
+        out.pop("language_model.lm_head.weight", None)
+    return out
+
+
+class InternVL:
+    """A loaded InternVL checkpoint: prompt building, embedding and the decode-loop interface."""
+
+    def __init__(self, net: InternVLChat, tokenizer: TextTokenizer, path: Path):
+        self.net, self.tokenizer, self.path = net, tokenizer, path
+        self.config = net.config
+        self.template = get_template(self.config.template)
+        self.image_token_id = tokenizer.require_id(IMG_CONTEXT)
+        self.context_length = self.config.text.max_position_embeddings
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Upstream sets eos_token_id to the template separator's token."""
+        ids = [self.tokenizer.token_id(self.template.stop_token), self.tokenizer.eos_token_id]
+        return [i for i in dict.fromkeys(ids) if i is not None]
+
+    def prepare(self, turns: list[tuple[str, str | None]], images: list[Image.Image], max_tiles: int | None = None):
+        """Tokenized prompt for a conversation whose first question carries the images."""
+        tiles = [pixel_values(image, self.config, max_tiles) for image in images]
+        if images and not any("<image>" in question for question, _ in turns):
+            first, answer = turns[0]
+            turns = [(question_with_images(first, len(images)), answer)] + list(turns[1:])
+        text = build_prompt_text(self.config, turns, [len(t) for t in tiles])
+        ids = self.tokenizer.encode(text)
+        if len(ids) >= self.context_length:
+            raise MixError(
+                f"the prompt needs {len(ids)} tokens but the model's context holds {self.context_length}",
+                "use fewer or smaller images (--max-tiles) or a shorter question",
+            )
+        return Prompt(text=text, ids=ids, pixel_values=np.concatenate(tiles) if tiles else None)
+
+    @staticmethod
+    def question_with_images(question: str, n_images: int) -> str:
+        return question_with_images(question, n_images)
+
+    def embed_prompt(self, prompt: Prompt) -> paddle.Tensor:
+        return self.net.embed(prompt.ids, prompt.pixel_values, self.image_token_id)
+
+    def embed_tokens(self, ids: list[int]) -> paddle.Tensor:
+        return self.net.language_model.embed(paddle.to_tensor([ids], dtype="int64"))
+
+    def make_cache(self, max_len: int):
+        return self.net.language_model.make_cache(1, min(max_len, self.context_length))
+
+    def forward(self, embeds: paddle.Tensor, cache) -> paddle.Tensor:
+        return self.net.language_model(embeds, cache)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False) -> InternVL:
+    """Build the network from config.json and load the original checkpoint into it."""
+    cfg = InternVLConfig.from_dict(config)
+    with paddle.LazyGuard():
+        net = InternVLChat(cfg)
+    checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
+    load_into(
+        net, sanitize(checkpoint, cfg), transpose=linear_weight_names(net), dtype=dtype, layout=checkpoint.layout
+    )
+    net.eval()
+    return InternVL(net, TextTokenizer.from_dir(path), Path(path))
