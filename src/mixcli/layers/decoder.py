@@ -63,11 +63,23 @@ class Attention(nn.Layer):
         self.v_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias_attr=False)
 
+    def fuse(self) -> None:
+        """Replace q/k/v by one projection: one weight stream and one matmul per step instead of three."""
+        self.qkv_proj = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def project(self, x):
+        """q (B, T, H*D), k and v (B, T, Hkv*D)."""
+        if hasattr(self, "qkv_proj"):
+            return paddle.split(self.qkv_proj(x), [self.h * self.d, self.hkv * self.d, self.hkv * self.d], axis=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
     def forward(self, x, cos, sin, mask, cache: KVCache, layer: int):
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape([b, t, self.h, self.d]).transpose([0, 2, 1, 3])  # (B, H, T, D)
-        k = self.k_proj(x).reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, Hkv, T, D)
-        v = self.v_proj(x).reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])
+        q, k, v = self.project(x)
+        q = q.reshape([b, t, self.h, self.d]).transpose([0, 2, 1, 3])  # (B, H, T, D)
+        k = k.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, Hkv, T, D)
+        v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
         out = grouped_attention(q, k, v, mask, self.hkv)
@@ -99,8 +111,36 @@ class MLP(nn.Layer):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias_attr=False)
 
+    def fuse(self) -> None:
+        """One gate+up projection instead of two."""
+        self.gate_up_proj = fuse_linears([self.gate_proj, self.up_proj])
+        del self.gate_proj, self.up_proj
+
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if hasattr(self, "gate_up_proj"):
+            gate, up = paddle.chunk(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def fuse_linears(linears: list[nn.Linear]) -> "FusedLinear":
+    """One projection whose outputs are the given Linears' outputs side by side."""
+    weight = paddle.concat([l.weight for l in linears], axis=1)  # (in, sum of out)
+    bias = None if linears[0].bias is None else paddle.concat([l.bias for l in linears], axis=0)
+    return FusedLinear(weight, bias)
+
+
+class FusedLinear(nn.Layer):
+    """x @ W + b over weights built after loading (buffers: no random init, no state-dict names)."""
+
+    def __init__(self, weight: paddle.Tensor, bias: paddle.Tensor | None):
+        super().__init__()
+        self.register_buffer("weight", weight, persistable=False)
+        self.register_buffer("bias", bias, persistable=False)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
 
 
 class DecoderLayer(nn.Layer):
@@ -138,6 +178,12 @@ class CausalLM(nn.Layer):
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias_attr=False)
+
+    def fuse(self) -> None:
+        """Fuse projections for speed after loading (the unfused layers stay the reference path)."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def embed(self, ids: paddle.Tensor) -> paddle.Tensor:
         return self.model.embed_tokens(ids)

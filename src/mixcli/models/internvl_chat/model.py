@@ -199,5 +199,6 @@ def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = 
     load_into(
         net, sanitize(checkpoint, cfg), transpose=linear_weight_names(net), dtype=dtype, layout=checkpoint.layout
     )
+    net.language_model.fuse()
     net.eval()
     return InternVL(net, TextTokenizer.from_dir(path), Path(path))
