@@ -31,13 +31,16 @@ class SamplingConfig:
     stop_strings: Sequence[str] = ()
 
     def validate(self) -> None:
+        # Written as `not (valid)` so that NaN fails too.
         if self.max_new_tokens < 1:
             raise MixError("--max-new-tokens must be at least 1", "pass a positive number")
-        if self.temperature < 0:
+        if not self.temperature >= 0:
             raise MixError("--temperature must be >= 0", "use 0 for greedy decoding")
         if not 0 < self.top_p <= 1:
             raise MixError("--top-p must be in (0, 1]", "e.g. --top-p 0.9")
-        if self.repetition_penalty <= 0:
+        if self.top_k < 0:
+            raise MixError("--top-k must be >= 0", "0 disables it")
+        if not self.repetition_penalty > 0:
             raise MixError("--repetition-penalty must be > 0", "1.0 disables it")
 
 

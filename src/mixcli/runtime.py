@@ -59,7 +59,7 @@ def import_paddle():
     configure_threads()
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
-        import paddle
+        paddle = _quiet_import_paddle()
     except ImportError as e:
         raise MixError(
             f"PaddlePaddle is not installed or does not import ({e})",
@@ -67,6 +67,24 @@ def import_paddle():
         ) from e
     paddle.base.core.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     _paddle = paddle
+    return paddle
+
+
+def _quiet_import_paddle():
+    """Import Paddle without its OMP_NUM_THREADS>1 warning (we set that on purpose); other output passes."""
+    import contextlib
+    import io
+    import sys
+    import warnings
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No ccache found")
+            import paddle
+    finally:
+        kept = [line for line in captured.getvalue().splitlines(keepends=True) if "OMP_NUM_THREADS" not in line]
+        sys.stderr.write("".join(kept))
     return paddle
 
 

@@ -42,16 +42,31 @@ def _qwen2_from_vocab(folder: Path) -> Tokenizer:
     return tok
 
 
+def _added_token(spec: dict) -> AddedToken:
+    """An added_tokens_decoder entry with its flags, as transformers builds AddedToken(**spec)."""
+    flags = {k: spec[k] for k in ("lstrip", "rstrip", "single_word", "normalized") if k in spec}
+    return AddedToken(spec["content"], special=spec.get("special", True), **{"normalized": False, **flags})
+
+
 def _add_config_tokens(tok: Tokenizer, config: dict, folder: Path) -> None:
-    """Register the added tokens that tokenizer_config.json / added_tokens.json declare."""
-    added = []
-    for index, spec in sorted(config.get("added_tokens_decoder", {}).items(), key=lambda kv: int(kv[0])):
-        added.append(AddedToken(spec["content"], special=spec.get("special", True), normalized=False))
-    for content in _read_json(folder / "added_tokens.json"):
-        added.append(AddedToken(content, special=True, normalized=False))
-    if added:
-        tok.add_special_tokens([t for t in added if t.special])
-        tok.add_tokens([t for t in added if not t.special])
+    """Register the added tokens that tokenizer_config.json / added_tokens.json declare, in id order.
+
+    The backend numbers new tokens in the order they are added, so adding them by id keeps
+    each at its declared id even when special and non-special tokens interleave (Qwen2.5's
+    `<tool_call>` sits between special ones). As in transformers, an added_tokens.json entry
+    is special only when tokenizer_config.json names it as a special token.
+    """
+    by_id = {int(i): _added_token(spec) for i, spec in config.get("added_tokens_decoder", {}).items()}
+    named = {_token_text(config.get(f"{kind}_token")) for kind in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")}
+    named.update(_token_text(v) for v in config.get("additional_special_tokens") or [])
+    for content, index in _read_json(folder / "added_tokens.json").items():
+        special = content in named
+        by_id.setdefault(int(index), AddedToken(content, special=special, normalized=not special))
+    for _, token in sorted(by_id.items()):
+        if token.special:
+            tok.add_special_tokens([token])
+        else:
+            tok.add_tokens([token])
 
 
 @dataclass
