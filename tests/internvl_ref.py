@@ -29,6 +29,9 @@ What transformers' port cannot express, and how this module handles it
 - InternLM2 is run as a Llama (``wqkv`` split per kv-head group as upstream's ``rearrange``
   reads it); its real tokenizer is sentencepiece (``tokenizer.model``, remote code) — the tiny
   one is a byte-level BPE ``tokenizer.json`` with ``<s>`` prepended by a post-processor.
+- Tiling: transformers' GotOcr2ImageProcessor gives the same pixels bit for bit, except that it
+  orders equal-tile-count grids differently from upstream's sorted *set*; with min_num > 1 (e.g.
+  min = max = 4 on a 5:2 image) the tie rule then picks another grid. ``upstream_grid`` follows upstream.
 - Supported by the port and exercised: qkv bias, ``norm_type: rms_norm``, ``select_layer: -2``,
   layer scale (``ls1``/``ls2``), GQA, tied or untied word embeddings.
 """
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -116,6 +119,7 @@ class TinyInternVL:
     min_dynamic_patch: int = 1
     max_dynamic_patch: int = 6
     dtype: str = "float32"  # "float32" | "bfloat16" (safetensors dtype)
+    vocab_size: int | None = None  # default: the tokenizer's size padded to 16; benchmarks set the real one
 
     @property
     def num_image_token(self) -> int:
@@ -355,14 +359,13 @@ def write_checkpoint(path: str | Path, knobs: TinyInternVL = TinyInternVL(), see
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = _write_tokenizer(path, knobs.llm)
-    vocab_size = -(-tok.get_vocab_size() // 16) * 16  # padded past the tokenizer, as real checkpoints are
+    vocab_size = knobs.vocab_size or -(-tok.get_vocab_size() // 16) * 16  # padded, as real checkpoints are
     config = _chat_config(knobs, vocab_size, tok)
     _dump(path / "config.json", config)
     llm = config["llm_config"]
     _dump(path / "generation_config.json", {"_from_model_config": True, "bos_token_id": llm["bos_token_id"],
                                             "eos_token_id": llm["eos_token_id"], "transformers_version": "4.37.2"})
     _write_safetensors(path, original_weights(knobs, vocab_size, seed), knobs.dtype, shards)
-    _dump(path / "tiny_knobs.json", asdict(knobs))
     return path
 
 
@@ -404,7 +407,7 @@ _VISION_QKV = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(we
 _INTERNLM2_WQKV = re.compile(r"^language_model\.model\.layers\.(\d+)\.attention\.wqkv\.weight$")
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, "np.ndarray"]]:
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json as a dict, every tensor as float32 numpy under its upstream name); reads shards too."""
     from safetensors.torch import load_file
 
@@ -559,10 +562,10 @@ def reference_greedy(model, input_ids: Sequence[int], pixel_values: np.ndarray |
     import torch
 
     ids = torch.tensor([list(input_ids)], dtype=torch.long)
-    pv = None if pixel_values is None else torch.from_numpy(np.asarray(pixel_values, dtype=np.float32))
+    images = {} if pixel_values is None else {"pixel_values": torch.from_numpy(np.asarray(pixel_values, dtype=np.float32))}
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, pixel_values=pv, attention_mask=torch.ones_like(ids), do_sample=False,
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **images, do_sample=False,
                              max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos, pad_token_id=eos[0],
                              num_beams=1, repetition_penalty=1.0)
     return out[0, ids.shape[1]:].tolist()
