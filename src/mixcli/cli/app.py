@@ -13,7 +13,7 @@ from . import output
 from .errors import handle_errors
 
 # Only commands that work are registered: (module under mixcli.cli, command name).
-COMMANDS: list[tuple[str, str]] = [("download", "download"), ("check_env", "check-env")]
+COMMANDS: list[tuple[str, str]] = [("download", "download"), ("check_env", "check-env"), ("infer", "infer"), ("chat", "chat")]
 GROUPS: list[tuple[str, str]] = [("models", "models")]
 
 app = typer.Typer(

@@ -12,6 +12,12 @@ import typer
 from ..errors import MixError
 from . import output
 
+# Exits and usage errors keep their own exit codes. Typer 0.29 vendors its own click, so both are listed.
+PASS_THROUGH = (
+    typer.Exit, typer.Abort, typer.TyperException,
+    click.exceptions.Exit, click.ClickException, click.Abort, SystemExit,
+)  # fmt: skip
+
 # Exceptions from libraries that users hit through normal use, with the fix to print.
 KNOWN: list[tuple[type[BaseException], str]] = [
     (PermissionError, "check the permissions of that path, or choose another"),
@@ -43,7 +49,7 @@ def handle_errors(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+        except PASS_THROUGH:
             raise
         except KeyboardInterrupt:
             output.error("interrupted")

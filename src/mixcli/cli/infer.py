@@ -1,0 +1,153 @@
+"""`mix infer MODEL [IMAGE ...]`: run a model on images (PP-OCRv4 prints the text lines it reads)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import MixError
+from ..generation import SamplingConfig
+from ..registry import resolve_model
+from ..vlm import check_supported
+from . import output
+from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelArg, SeedOpt
+
+
+def _check_images(images: Optional[list[str]]) -> list[str]:
+    """Parse-time check (a usage error, exit 2): stdin can feed one image only."""
+    if images and images.count("-") > 1:
+        raise typer.BadParameter("stdin (-) can be read only once")
+    return images or []
+
+
+ImagesArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Image files (PNG, JPEG, ...), or - to read one from stdin.", show_default=False, callback=_check_images
+    ),
+]
+QuestionOpt = Annotated[
+    Optional[str],
+    typer.Option("--question", "-q", help="The question about the images; - reads it from stdin (OCR ignores it)."),
+]
+BatchOpt = Annotated[
+    Optional[str],
+    typer.Option("--batch", help='JSONL requests, one {"images": [...], "question": "..."} per line; - for stdin.'),
+]
+
+
+def command(
+    model: ModelArg,
+    images: ImagesArg = None,
+    question: QuestionOpt = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate.")] = 512,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k likeliest (0: all).")] = 0,
+    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help="1.0 disables it.")] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
+    seed: SeedOpt = None,
+    batch: BatchOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Answer a question about images (vision-language models), or read their text (OCR models)."""
+    ref = resolve_model(model)
+    if ref.spec is not None and ref.spec.task == "ocr":
+        return _run_ocr(ref.spec.alias, images or [], question, device, json_output)
+    check_supported(ref)
+    sampling = SamplingConfig(
+        max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop_strings=tuple(stop or ())
+    )
+    sampling.validate()
+    if batch is not None:
+        return _run_batch(model, batch, sampling, device, dtype, allow_pickle)
+    _run_vlm(model, images or [], _question(question, images or []), sampling, device, dtype, allow_pickle, json_output)
+
+
+def _question(question: str | None, images: list[str]) -> str:
+    """The question text; `-q -` reads it from stdin."""
+    if question is None:
+        raise MixError("no question given", 'pass one with -q "..." (or -q - to read it from stdin)')
+    if question == "-":
+        if "-" in images:
+            raise MixError("stdin cannot hold both the image and the question", "pass the image as a file")
+        question = sys.stdin.read()
+    if not question.strip():
+        raise MixError("the question is empty", 'pass one with -q "..."')
+    return question.strip()
+
+
+def _run_vlm(model, images, question, sampling, device, dtype, allow_pickle, as_json) -> None:
+    """Answer one question, streaming the text unless --json."""
+    from ..images import check_image_path, load_image
+    from ..vlm import answer, load_vlm, result_record
+
+    for source in images:
+        check_image_path(source)
+    loaded = load_vlm(model, device, dtype, allow_pickle)
+    pictures = [load_image(source) for source in images]
+    result = answer(loaded, [(question, None)], pictures, sampling, on_text=None if as_json else output.stream)
+    if as_json:
+        output.emit_json(result_record(loaded, result))
+    else:
+        output.stream("\n")
+
+
+def _run_batch(model, batch, sampling, device, dtype, allow_pickle) -> None:
+    """One JSON line per request; a failed request gets an error record and the command exits 1 at the end."""
+    from ..images import load_image
+    from ..vlm import answer, load_vlm, read_batch, result_record
+
+    requests = list(read_batch(batch))  # malformed lines fail before the model loads
+    loaded = load_vlm(model, device, dtype, allow_pickle)
+    failed = 0
+    for request in requests:
+        try:
+            pictures = [load_image(source) for source in request.images]
+            result = answer(loaded, [(request.question, None)], pictures, sampling)
+        except MixError as e:
+            failed += 1
+            output.error(f"{batch}:{request.line}: {e}")
+            output.emit_json({"model": model, "line": request.line, "error": str(e)})
+            continue
+        output.emit_json({**result_record(loaded, result), "line": request.line})
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run_ocr(alias: str, images: list[str], question: str | None, device: str | None, as_json: bool) -> None:
+    """Read the text of each image with the PP-OCRv4 pipeline, loaded once."""
+    from ..images import check_image_path, load_image
+    from ..ocr.pipeline import OcrPipeline, resolve_device
+
+    if not images:
+        raise MixError(f"{alias} needs at least one image", f"e.g. `mix infer {alias} page.png`, or - for stdin")
+    if question is not None:
+        output.warn(f"--question is ignored by {alias}: it reads all the text in the image")
+    for source in images:
+        check_image_path(source)
+    pipeline = OcrPipeline(device=resolve_device(device))
+    for index, source in enumerate(images):
+        start = time.perf_counter()
+        result = pipeline(load_image(source))
+        total = time.perf_counter() - start
+        if as_json:
+            timings = _rounded({"load_s": pipeline.load_s, **result.timings, "total_s": total})
+            lines = [line.to_dict() for line in result.lines]
+            output.emit_json({"model": alias, "image": source, "lines": lines, "text": result.text, "timings": timings})
+            continue
+        if len(images) > 1:
+            output.result(("\n" if index else "") + f"==> {source} <==")
+        for line in result.lines:
+            output.result(line.text)
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in timings.items()}

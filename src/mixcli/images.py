@@ -1,0 +1,78 @@
+"""Image inputs for every command: a path or ``-`` (stdin) to an upright RGB PIL image, or one clear error."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+STDIN = "-"
+
+
+def check_image_path(source: str) -> None:
+    """Fail early on a missing path, a directory or a file that is not an image (reads only its header)."""
+    if source == STDIN:
+        return
+    path = _existing_file(source)
+    try:
+        with Image.open(path):
+            pass  # opening parses the header; nothing is decoded yet
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise _not_an_image(source, e) from e
+
+
+def load_image(source: str | Path | bytes) -> Image.Image:
+    """An RGB image from a path, ``-`` (bytes on stdin) or raw bytes, turned upright by its EXIF orientation.
+
+    Transparent images are composited over white, so that text on a transparent
+    background stays readable.
+    """
+    if isinstance(source, bytes):
+        name, stream = "<bytes>", io.BytesIO(source)
+    elif str(source) == STDIN:
+        name, stream = "<stdin>", io.BytesIO(_read_stdin())
+    else:
+        name, stream = str(source), _existing_file(str(source))
+    try:
+        with Image.open(stream) as img:
+            img.load()
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise _not_an_image(name, e) from e
+
+
+def _existing_file(source: str) -> Path:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise InputError(f"'{source}' is a directory, not an image", "pass image files, e.g. dir/*.png")
+    if not path.exists():
+        raise InputError(f"image not found: '{source}'", "check the path")
+    return path
+
+
+def _read_stdin() -> bytes:
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise InputError("no image data on stdin", "pipe an image in, e.g. `cat page.png | mix ... -`")
+    return data
+
+
+def _not_an_image(name: str, exc: BaseException) -> InputError:
+    reason = "not an image or an unsupported format" if isinstance(exc, UnidentifiedImageError) else str(exc)
+    return InputError(f"cannot read image '{name}': {reason}", "pass a PNG, JPEG, WebP, BMP, TIFF or GIF file")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with any alpha (RGBA, LA, palette transparency) composited over white."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale: PIL's RGB conversion clips instead of scaling.
+        return img.point(lambda v: v / 256).convert("L").convert("RGB")
+    return img.convert("RGB")

@@ -1,0 +1,147 @@
+"""Vision-language inference shared by `mix infer`, `mix chat` and (later) `mix serve`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import InputError, MixError
+from .generation import Generation, SamplingConfig, generate
+from .registry import ModelRef, resolve_model
+
+
+def model_dir(name: str) -> tuple[ModelRef, Path]:
+    """The local folder of a MODEL argument; an error naming `mix download` if it is not on disk."""
+    from .hub import local_model_dir
+
+    ref = resolve_model(name)
+    path = local_model_dir(ref)
+    if path is None:
+        raise MixError(f"model '{name}' is not downloaded", f"run `mix download {name}` first")
+    return ref, path
+
+
+def check_supported(ref: ModelRef) -> None:
+    """Fail before any work when a registered model's family has no implementation yet."""
+    from .models import FAMILIES
+
+    if ref.spec is not None and ref.spec.family not in FAMILIES:
+        raise MixError(
+            f"model family '{ref.spec.family}' is not supported by `mix infer` yet",
+            "see `mix models list` for the supported models",
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to answer, with how long loading took."""
+
+    name: str
+    model: object
+    load_s: float
+
+
+def load_vlm(name: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False) -> LoadedModel:
+    """Resolve, configure the runtime and load a vision-language model."""
+    from . import runtime
+    from .models import load_model
+
+    start = time.perf_counter()
+    _, path = model_dir(name)
+    rt = runtime.setup(device, dtype)
+    model = load_model(path, dtype=rt.dtype, allow_pickle=allow_pickle)
+    return LoadedModel(name, model, round(time.perf_counter() - start, 4))
+
+
+def answer(
+    loaded: LoadedModel,
+    turns: list[tuple[str, str | None]],
+    images: list,
+    sampling: SamplingConfig,
+    on_text: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Generation:
+    """Generate the assistant's reply to the last turn; images belong to the first turn."""
+    if not turns or not turns[-1][0].strip():
+        raise MixError("the question is empty", "pass a question with -q TEXT")
+    model = loaded.model
+    prompt = model.prepare(turns, images)
+    stops = list(dict.fromkeys([*sampling.stop_token_ids, *model.stop_token_ids]))
+    cfg = SamplingConfig(**{**sampling.__dict__, "stop_token_ids": stops})
+    cfg.max_new_tokens = min(cfg.max_new_tokens, model.context_length - len(prompt.ids))
+    result = generate(model, prompt, prompt.ids, cfg, on_text=on_text, should_stop=should_stop)
+    result.timings = {"load_s": loaded.load_s, **result.timings, "total_s": round(loaded.load_s + result.timings["generate_s"], 4)}
+    return result
+
+
+def result_record(loaded: LoadedModel, result: Generation) -> dict:
+    """The `--json` object of the command contract."""
+    return {"model": loaded.name, **result.to_dict()}
+
+
+@dataclass
+class BatchRequest:
+    images: list[str]
+    question: str
+    line: int
+
+
+def read_batch(path: str) -> Iterator[BatchRequest]:
+    """Requests of a JSONL file (`-` for stdin): {"images": [...], "question": "..."} per line."""
+    import sys
+
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read batch file {path}: {e.strerror}", "check the path") from e
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                yield parse_request(line, number, path)
+
+
+def parse_request(line: str, number: int, path: str) -> BatchRequest:
+    try:
+        data = json.loads(line)
+    except ValueError as e:
+        raise InputError(f"{path}:{number} is not valid JSON ({e.msg})", "write one JSON object per line") from e
+    images = data.get("images", []) if isinstance(data, dict) else None
+    question = data.get("question") if isinstance(data, dict) else None
+    if not isinstance(question, str) or not isinstance(images, list):
+        raise InputError(
+            f"{path}:{number} needs a \"question\" string and an \"images\" list",
+            'e.g. {"images": ["a.png"], "question": "What is this?"}',
+        )
+    return BatchRequest([str(i) for i in images], question, number)
+
+
+@dataclass
+class ChatSession:
+    """A conversation with history; images added with /image go with the next question."""
+
+    loaded: LoadedModel
+    sampling: SamplingConfig
+    images: list = field(default_factory=list)
+    pending: list = field(default_factory=list)
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_image(self, image) -> None:
+        self.pending.append(image)
+
+    def ask(self, question: str, on_text=None, should_stop=lambda: False) -> Generation:
+        if self.pending:  # place them explicitly, so later turns keep their position
+            question = self.loaded.model.question_with_images(question, len(self.pending))
+        turns = self.history + [(question, None)]
+        result = answer(self.loaded, turns, self.images + self.pending, self.sampling, on_text, should_stop)
+        self.images += self.pending
+        self.pending = []
+        self.history.append((question, result.text))
+        return result
+
+    def clear(self) -> None:
+        self.history.clear()
+        self.images.clear()
+        self.pending.clear()

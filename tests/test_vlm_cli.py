@@ -1,0 +1,159 @@
+"""`mix infer` and `mix chat` on a tiny InternVL checkpoint: the JSON contract, streaming, batches, chat, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from internvl_ref import TinyInternVL, reference_greedy, reference_model, write_checkpoint
+from mixcli.vlm import load_vlm
+
+QUESTION = "What is written here?"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlm")
+    path = write_checkpoint(root / "ckpt", TinyInternVL(template="internvl2_5"), seed=3)
+    image = root / "photo.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(image)
+    return path, image
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_infer_json_matches_reference_greedy(cli, tiny):
+    path, image = tiny
+    result = cli("infer", str(path), str(image), "-q", QUESTION, "--max-new-tokens", "8", "--json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    for key in ("model", "text", "token_ids", "prompt_token_ids", "prompt_tokens", "generated_tokens", "timings"):
+        assert key in record
+    assert set(record["timings"]) >= {"load_s", "ttft_s", "decode_tokens_per_s", "total_s"}
+    model = load_vlm(str(path)).model
+    prompt = model.prepare([(QUESTION, None)], [Image.open(image).convert("RGB")])
+    assert record["prompt_token_ids"] == prompt.ids
+    expected = reference_greedy(reference_model(path), prompt.ids, prompt.pixel_values, 8, model.stop_token_ids)
+    assert record["token_ids"] == [t for t in expected if t not in model.stop_token_ids]
+    assert record["generated_tokens"] == len(record["token_ids"])
+
+
+def test_infer_streams_the_same_text(cli, tiny):
+    path, image = tiny
+    as_json = json.loads(cli("infer", str(path), str(image), "-q", QUESTION, "--max-new-tokens", "6", "--json").stdout)
+    plain = cli("infer", str(path), str(image), "-q", QUESTION, "--max-new-tokens", "6")
+    assert plain.exit_code == 0
+    assert plain.stdout == as_json["text"] + "\n"
+
+
+def test_question_from_stdin(cli, tiny):
+    path, image = tiny
+    a = json.loads(cli("infer", str(path), str(image), "-q", "-", "--max-new-tokens", "4", "--json", input=QUESTION).stdout)
+    b = json.loads(cli("infer", str(path), str(image), "-q", QUESTION, "--max-new-tokens", "4", "--json").stdout)
+    assert a["prompt_token_ids"] == b["prompt_token_ids"]
+
+
+def test_batch_jsonl(cli, tiny, tmp_path):
+    path, image = tiny
+    batch = tmp_path / "in.jsonl"
+    requests = [{"images": [str(image)], "question": QUESTION}, {"images": [], "question": "Hello?"}]
+    batch.write_text("\n".join(json.dumps(r) for r in requests) + "\n")
+    result = cli("infer", str(path), "--batch", str(batch), "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 2
+    single = json.loads(cli("infer", str(path), str(image), "-q", QUESTION, "--max-new-tokens", "4", "--json").stdout)
+    assert records[0]["token_ids"] == single["token_ids"]
+    assert records[1]["prompt_tokens"] < records[0]["prompt_tokens"]  # no image tokens
+
+
+def test_chat_two_turns_from_a_pipe(cli, tiny):
+    from mixcli.generation import SamplingConfig
+    from mixcli.vlm import ChatSession
+
+    path, image = tiny
+    result = cli("chat", str(path), str(image), "--max-new-tokens", "5", input="First question?\nAnd a second?\n")
+    assert result.exit_code == 0, result.stderr
+    session = ChatSession(load_vlm(str(path)), SamplingConfig(max_new_tokens=5))
+    session.add_image(Image.open(image).convert("RGB"))
+    first = session.ask("First question?").text
+    second = session.ask("And a second?").text
+    assert result.stdout == f"{first}\n{second}\n"
+
+
+def test_chat_commands(cli, tiny):
+    path, image = tiny
+    script = f"/image {image}\nWhat now?\n/clear\nAgain?\n/exit\nnever answered\n"
+    result = cli("chat", str(path), "--max-new-tokens", "3", input=script)
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-q", ""], "question is empty"),
+        (["-q", "   "], "question is empty"),
+    ],
+)
+def test_empty_question(cli, tiny, args, needle):
+    path, image = tiny
+    result = cli("infer", str(path), str(image), *args)
+    assert result.exit_code == 1 and needle in error_line(result) and result.stdout == ""
+
+
+def test_undecodable_image(cli, tiny, tmp_path):
+    path, _ = tiny
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    result = cli("infer", str(path), str(bad), "-q", QUESTION)
+    assert result.exit_code == 1 and "broken.png" in error_line(result) and result.stdout == ""
+
+
+def test_missing_tensors_are_named(cli, tiny, tmp_path):
+    from mixcli.weights import open_checkpoint, save_safetensors
+
+    path, image = tiny
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in path.iterdir():
+        if f.suffix != ".safetensors":
+            (broken / f.name).write_bytes(f.read_bytes())
+    tensors = {k: v.numpy() for k, v in open_checkpoint(path).items() if "mlp1.1" not in k}
+    save_safetensors(tensors, broken / "model.safetensors")
+    result = cli("infer", str(broken), str(image), "-q", QUESTION)
+    assert result.exit_code == 1 and "mlp1" in error_line(result)
+
+
+def test_unknown_template(cli, tiny, tmp_path):
+    path, image = tiny
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for f in path.iterdir():
+        (odd / f.name).write_bytes(f.read_bytes())
+    config = json.loads((odd / "config.json").read_text())
+    config["template"] = "no-such-template"
+    (odd / "config.json").write_text(json.dumps(config))
+    result = cli("infer", str(odd), str(image), "-q", QUESTION)
+    assert result.exit_code == 1 and "no-such-template" in error_line(result)
+
+
+def test_too_many_image_tokens_for_the_context(cli, tmp_path):
+    path = write_checkpoint(tmp_path / "short", TinyInternVL(max_position_embeddings=64), seed=1)
+    image = tmp_path / "wide.png"
+    Image.new("RGB", (400, 60), "white").save(image)
+    result = cli("infer", str(path), str(image), "-q", QUESTION)
+    assert result.exit_code == 1 and "context" in error_line(result)
+
+
+def test_directory_without_config(cli, tmp_path, tiny):
+    _, image = tiny
+    result = cli("infer", str(tmp_path), str(image), "-q", QUESTION)
+    assert result.exit_code == 1 and "config.json" in error_line(result)
