@@ -75,6 +75,7 @@ def test_time_to_first_token(benchmark, setup):
     mine = benchmark.stats.stats.median
     RESULTS.update(ttft_mix_s=mine, ttft_transformers_s=theirs)
     benchmark.extra_info.update(mix_s=round(mine, 3), transformers_s=round(theirs, 3), speedup=round(theirs / mine, 2))
+    print("\n", benchmark.extra_info)
 
 
 def test_decode_tokens_per_second(benchmark, setup):

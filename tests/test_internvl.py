@@ -131,3 +131,18 @@ def test_sanitize_is_idempotent(checkpoint):
         a = once[name].numpy() if hasattr(once[name], "numpy") else once[name]
         b = twice[name].numpy() if hasattr(twice[name], "numpy") else twice[name]
         np.testing.assert_array_equal(a, b)
+
+
+def test_blas_decode_path_matches_paddle_path(checkpoint, monkeypatch):
+    """Single-row products go through NumPy's BLAS (layers/linear.py); MIX_BLAS_GEMV=0 is the Paddle oracle."""
+    _, _, model, _ = checkpoint
+    prompt = model.prepare([("Hello?", None)], [picture(64, 64)])
+
+    def next_logits() -> np.ndarray:
+        cache = model.make_cache(len(prompt.ids) + 1)
+        model.forward(model.embed_prompt(prompt), cache)
+        return model.forward(model.embed_tokens([prompt.ids[-1]]), cache).numpy()
+
+    fast = next_logits()
+    monkeypatch.setenv("MIX_BLAS_GEMV", "0")
+    np.testing.assert_allclose(fast, next_logits(), atol=1e-5 * max(1.0, np.abs(fast).max()))

@@ -9,6 +9,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from .cache import KVCache
+from .linear import FusedLinear, Linear, linear
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rotary
 
@@ -58,29 +59,28 @@ class Attention(nn.Layer):
         super().__init__()
         self.h, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         bias = None if cfg.qkv_bias else False
-        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias_attr=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
-        self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias_attr=False)
+        self.q_proj = Linear(cfg.hidden_size, self.h * self.d, bias_attr=bias)
+        self.k_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
+        self.v_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
+        self.o_proj = Linear(self.h * self.d, cfg.hidden_size, bias_attr=False)
 
     def fuse(self) -> None:
         """Replace q/k/v by one projection: one weight stream and one matmul per step instead of three."""
-        self.qkv_proj = fuse_linears([self.q_proj, self.k_proj, self.v_proj])
+        self.qkv_proj = FusedLinear([self.q_proj, self.k_proj, self.v_proj])
         del self.q_proj, self.k_proj, self.v_proj
 
     def project(self, x):
-        """q (B, T, H*D), k and v (B, T, Hkv*D)."""
+        """Queries and keys side by side (B, T, (H+Hkv)*D), and values (B, T, Hkv*D)."""
         if hasattr(self, "qkv_proj"):
-            return paddle.split(self.qkv_proj(x), [self.h * self.d, self.hkv * self.d, self.hkv * self.d], axis=-1)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            return paddle.split(self.qkv_proj(x), [(self.h + self.hkv) * self.d, self.hkv * self.d], axis=-1)
+        return paddle.concat([self.q_proj(x), self.k_proj(x)], axis=-1), self.v_proj(x)
 
     def forward(self, x, cos, sin, mask, cache: KVCache, layer: int):
         b, t, _ = x.shape
-        q, k, v = self.project(x)
-        q = q.reshape([b, t, self.h, self.d]).transpose([0, 2, 1, 3])  # (B, H, T, D)
-        k = k.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, Hkv, T, D)
-        v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qk, v = self.project(x)
+        qk = qk.reshape([b, t, self.h + self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, H+Hkv, T, D)
+        q, k = paddle.split(apply_rotary(qk, cos, sin), [self.h, self.hkv], axis=1)  # one rotation for both
+        v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, Hkv, T, D)
         k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
         out = grouped_attention(q, k, v, mask, self.hkv)
         return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, self.h * self.d]))
@@ -107,13 +107,13 @@ class MLP(nn.Layer):
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias_attr=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias_attr=False)
 
     def fuse(self) -> None:
         """One gate+up projection instead of two."""
-        self.gate_up_proj = fuse_linears([self.gate_proj, self.up_proj])
+        self.gate_up_proj = FusedLinear([self.gate_proj, self.up_proj])
         del self.gate_proj, self.up_proj
 
     def forward(self, x):
@@ -122,25 +122,6 @@ class MLP(nn.Layer):
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
-
-
-def fuse_linears(linears: list[nn.Linear]) -> "FusedLinear":
-    """One projection whose outputs are the given Linears' outputs side by side."""
-    weight = paddle.concat([l.weight for l in linears], axis=1)  # (in, sum of out)
-    bias = None if linears[0].bias is None else paddle.concat([l.bias for l in linears], axis=0)
-    return FusedLinear(weight, bias)
-
-
-class FusedLinear(nn.Layer):
-    """x @ W + b over weights built after loading (buffers: no random init, no state-dict names)."""
-
-    def __init__(self, weight: paddle.Tensor, bias: paddle.Tensor | None):
-        super().__init__()
-        self.register_buffer("weight", weight, persistable=False)
-        self.register_buffer("bias", bias, persistable=False)
-
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
 
 
 class DecoderLayer(nn.Layer):
@@ -177,7 +158,7 @@ class CausalLM(nn.Layer):
         self.model = DecoderBody(cfg)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias_attr=False)
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias_attr=False)
 
     def fuse(self) -> None:
         """Fuse projections for speed after loading (the unfused layers stay the reference path)."""
@@ -206,7 +187,7 @@ class CausalLM(nn.Layer):
 
     def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         if self.config.tie_word_embeddings:
-            return paddle.matmul(hidden, self.model.embed_tokens.weight, transpose_y=True)
+            return linear(hidden, self.model.embed_tokens.weight, out_in=True)
         return self.lm_head(hidden)
 
     def forward(self, embeds: paddle.Tensor, cache: KVCache, all_logits: bool = False) -> paddle.Tensor:
