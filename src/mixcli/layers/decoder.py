@@ -8,6 +8,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from .attention import attention
 from .cache import KVCache
 from .linear import FusedLinear, Linear, linear
 from .norm import RMSNorm
@@ -78,9 +79,10 @@ class Attention(nn.Layer):
     def forward(self, x, cos, sin, mask, cache: KVCache, layer: int):
         b, t, _ = x.shape
         qk, v = self.project(x)
-        qk = qk.reshape([b, t, self.h + self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, H+Hkv, T, D)
+        # Head-major copies: Paddle's ops run several times slower on strided views.
+        qk = qk.reshape([b, t, self.h + self.hkv, self.d]).transpose([0, 2, 1, 3]).contiguous()  # (B, H+Hkv, T, D)
         q, k = paddle.split(apply_rotary(qk, cos, sin), [self.h, self.hkv], axis=1)  # one rotation for both
-        v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3])  # (B, Hkv, T, D)
+        v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3]).contiguous()  # (B, Hkv, T, D)
         k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
         out = grouped_attention(q, k, v, mask, self.hkv)
         return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, self.h * self.d]))
@@ -94,12 +96,10 @@ def grouped_attention(q, k, v, mask, hkv: int):
     """
     b, h, t, d = q.shape
     g = h // hkv
-    q = q.reshape([b, hkv, g * t, d])
-    scores = paddle.matmul(q, k, transpose_y=True) * (d**-0.5)  # (B, Hkv, G*T, S)
-    if mask is not None:
-        scores = scores + (mask if g == 1 else paddle.tile(mask, [g, 1]))
-    probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
-    return paddle.matmul(probs, v).reshape([b, h, t, d])
+    if mask is not None and g > 1:
+        mask = paddle.tile(mask, [g, 1])
+    out = attention(q.reshape([b, hkv, g * t, d]), k, v, d**-0.5, mask)
+    return out.reshape([b, h, t, d])
 
 
 class MLP(nn.Layer):
