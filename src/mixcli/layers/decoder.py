@@ -10,7 +10,7 @@ from paddle import nn
 
 from .attention import attention
 from .cache import KVCache
-from .linear import FusedLinear, Linear, linear
+from .linear import FusedLinear, Linear, TiedProjection
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rotary
 
@@ -157,7 +157,9 @@ class CausalLM(nn.Layer):
         self.config = cfg
         self.model = DecoderBody(cfg)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
-        if not cfg.tie_word_embeddings:
+        if cfg.tie_word_embeddings:
+            self.tied_head = TiedProjection(self.model.embed_tokens)
+        else:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias_attr=False)
 
     def fuse(self) -> None:
@@ -187,7 +189,7 @@ class CausalLM(nn.Layer):
 
     def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         if self.config.tie_word_embeddings:
-            return linear(hidden, self.model.embed_tokens.weight, out_in=True)
+            return self.tied_head(hidden)
         return self.lm_head(hidden)
 
     def forward(self, embeds: paddle.Tensor, cache: KVCache, all_logits: bool = False) -> paddle.Tensor:

@@ -21,38 +21,49 @@ def blas_gemv_enabled() -> bool:
     return os.environ.get("MIX_BLAS_GEMV", "1") != "0"
 
 
-def _single_row_cpu_fp32(x: paddle.Tensor, weight: paddle.Tensor) -> bool:
-    return (
-        x.dtype == paddle.float32
-        and weight.dtype == paddle.float32
-        and int(np.prod(x.shape[:-1])) == 1
-        and x.place.is_cpu_place()
-    )
-
-
-def linear(
-    x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None = None, out_in: bool = False
-) -> paddle.Tensor:
-    """x @ weight + bias; weight is (in, out), or (out, in) with ``out_in`` (a tied embedding table)."""
-    if not (blas_gemv_enabled() and _single_row_cpu_fp32(x, weight)):
-        out = paddle.matmul(x, weight, transpose_y=True) if out_in else F.linear(x, weight)
-        return out if bias is None else out + bias
-    row = np.from_dlpack(x.detach().reshape([1, x.shape[-1]]))
+def host_views(weight: paddle.Tensor, bias: paddle.Tensor | None, out_in: bool = False):
+    """NumPy views (weight as (in, out), bias) sharing a CPU float32 layer's memory, else None."""
+    if weight.dtype != paddle.float32 or not weight.place.is_cpu_place():
+        return None
     matrix = np.from_dlpack(weight.detach())
-    out = row @ (matrix.T if out_in else matrix)
+    return (matrix.T if out_in else matrix), (None if bias is None else np.from_dlpack(bias.detach()))
+
+
+def is_single_row(x: paddle.Tensor) -> bool:
+    return x.dtype == paddle.float32 and x.shape[-2] == 1 and int(np.prod(x.shape[:-2])) == 1
+
+
+def row_product(x: paddle.Tensor, matrix: np.ndarray, bias: np.ndarray | None) -> paddle.Tensor:
+    """(.., 1, K) @ (K, N) [+ bias] through NumPy's BLAS, zero-copy in and out."""
+    out = np.from_dlpack(x.detach()).reshape(1, -1) @ matrix
     if bias is not None:
-        out += np.from_dlpack(bias.detach())
-    return paddle.from_dlpack(out).reshape([*x.shape[:-1], out.shape[-1]])
+        out += bias
+    return paddle.from_dlpack(out).reshape([*x.shape[:-1], matrix.shape[1]])
 
 
-class Linear(nn.Linear):
+class RowFastPath:
+    """Mixin: single-row inputs go through NumPy's BLAS; views are taken on first use (after loading)."""
+
+    _views = None
+
+    def project(self, x: paddle.Tensor, out_in: bool = False) -> paddle.Tensor:
+        if blas_gemv_enabled() and is_single_row(x):
+            if self._views is None:
+                self._views = host_views(self.weight, self.bias, out_in) or ()
+            if self._views:
+                return row_product(x, *self._views)
+        out = paddle.matmul(x, self.weight, transpose_y=True) if out_in else F.linear(x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
+class Linear(RowFastPath, nn.Linear):
     """paddle.nn.Linear with the single-row fast path (same parameters, same names)."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return linear(x, self.weight, self.bias)
+        return self.project(x)
 
 
-class FusedLinear(nn.Layer):
+class FusedLinear(RowFastPath, nn.Layer):
     """Several projections side by side, built after loading from their weights (buffers: no init, no names)."""
 
     def __init__(self, linears: list[nn.Linear]):
@@ -63,4 +74,20 @@ class FusedLinear(nn.Layer):
         self.register_buffer("bias", bias, persistable=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return linear(x, self.weight, self.bias)
+        return self.project(x)
+
+
+class TiedProjection(RowFastPath, nn.Layer):
+    """Logits from a tied embedding table (vocab, hidden), without copying it."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.embedding = [embedding]  # a list, so the table is not registered twice
+        self.bias = None
+
+    @property
+    def weight(self) -> paddle.Tensor:
+        return self.embedding[0].weight
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.project(x, out_in=True)
