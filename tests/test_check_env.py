@@ -42,7 +42,7 @@ def test_human_output_is_a_table_with_the_fixes(cli, monkeypatch):
     assert f"{paddle.__version__} (cpu build" in out
     assert "device cpu" in out and "ok" in out
     assert "token not set" in out
-    assert "note: compiled ext ops are not built" in out and "fix: optional" in out
+    assert "note: compiled ext ops are not built" in out and "fix: nothing to do" in out
 
 
 def test_both_paddle_builds_installed_is_an_error(cli, monkeypatch):

@@ -165,7 +165,7 @@ def check_ext(paddle_ok: bool, problems: list[Problem]) -> dict:
     report: dict[str, Any] = {"module": "mixcli_ext", "status": "missing", "path": None, "build_outputs": outputs}
     spec = importlib.util.find_spec("mixcli_ext")
     if spec is None:
-        fix = "optional: build the fused ops in ext/ (see its README)"
+        fix = "nothing to do: the fused ops of ext/ are optional and not built on this machine"
         problems.append(Problem("compiled ext ops are not built; the pure-Paddle fallback is used", fix, "note"))
         return report
     report["path"] = spec.origin
@@ -177,7 +177,7 @@ def check_ext(paddle_ok: bool, problems: list[Problem]) -> dict:
         report["status"] = "loadable"
     except Exception as e:  # a stale or mismatched build: fall back, but say so
         report["status"], report["error"] = "broken", _first_line(e)
-        fix = "rebuild the ext ops for this Paddle (see ext/README), or delete the build"
+        fix = "rebuild the ext ops for this Paddle, or delete the build"
         problems.append(Problem(f"mixcli_ext does not load ({report['error']}); the pure-Paddle fallback is used", fix))
     return report
 
