@@ -133,16 +133,20 @@ def test_sanitize_is_idempotent(checkpoint):
         np.testing.assert_array_equal(a, b)
 
 
-def test_blas_decode_path_matches_paddle_path(checkpoint, monkeypatch):
-    """Single-row products go through NumPy's BLAS (layers/linear.py); MIX_BLAS_GEMV=0 is the Paddle oracle."""
+def test_fast_decode_path_matches_paddle_path(checkpoint, monkeypatch):
+    """Decoding on CPU runs in NumPy (layers/fastdecode.py, layers/linear.py); MIX_FAST_DECODE=0 is the Paddle oracle."""
     _, _, model, _ = checkpoint
     prompt = model.prepare([("Hello?", None)], [picture(64, 64)])
 
-    def next_logits() -> np.ndarray:
-        cache = model.make_cache(len(prompt.ids) + 1)
-        model.forward(model.embed_prompt(prompt), cache)
-        return model.forward(model.embed_tokens([prompt.ids[-1]]), cache).numpy()
+    def logits_of_three_steps() -> np.ndarray:
+        cache = model.make_cache(len(prompt.ids) + 3)
+        out = [model.forward(model.embed_prompt(prompt), cache).numpy()]
+        for token in prompt.ids[-3:-1]:
+            out.append(model.forward(model.embed_tokens([token]), cache).numpy())
+        return np.concatenate(out)
 
-    fast = next_logits()
-    monkeypatch.setenv("MIX_BLAS_GEMV", "0")
-    np.testing.assert_allclose(fast, next_logits(), atol=1e-5 * max(1.0, np.abs(fast).max()))
+    assert model.net.language_model.fast_decoder() is not None
+    fast = logits_of_three_steps()
+    monkeypatch.setenv("MIX_FAST_DECODE", "0")
+    assert model.net.language_model.fast_decoder() is None
+    np.testing.assert_allclose(fast, logits_of_three_steps(), atol=1e-5 * max(1.0, np.abs(fast).max()))

@@ -9,7 +9,9 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from .attention import attention
+from . import fastdecode
 from .cache import KVCache
+from .fastdecode import NumpyDecoder
 from .linear import FusedLinear, Linear, TiedProjection
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rotary
@@ -167,6 +169,13 @@ class CausalLM(nn.Layer):
         for layer in self.model.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
+        self._fast = None
+
+    def fast_decoder(self) -> NumpyDecoder | None:
+        """The NumPy decode step when this model can use it (fused, float32, CPU), built once."""
+        if getattr(self, "_fast", None) is None and NumpyDecoder.usable(self):
+            self._fast = NumpyDecoder(self)
+        return getattr(self, "_fast", None) if fastdecode.enabled() else None
 
     def embed(self, ids: paddle.Tensor) -> paddle.Tensor:
         return self.model.embed_tokens(ids)
@@ -194,6 +203,9 @@ class CausalLM(nn.Layer):
 
     def forward(self, embeds: paddle.Tensor, cache: KVCache, all_logits: bool = False) -> paddle.Tensor:
         """Logits (B, T, V) when all_logits, else the last position's (B, V)."""
+        fast = self.fast_decoder() if embeds.shape[:2] == [1, 1] and not all_logits else None
+        if fast is not None:
+            return paddle.from_dlpack(fast.step(fastdecode.view(embeds)[0, 0], cache)[None])
         hidden = self.hidden_states(embeds, cache)
         if not all_logits:
             hidden = hidden[:, -1]

@@ -4,7 +4,7 @@ Decoding one token is a chain of matrix-vector products bound by memory bandwidt
 CPUs measured here Paddle's bundled MKL streams weights at about 21 GB/s in that shape while
 NumPy's OpenBLAS reaches the machine's read bandwidth (28-30 GB/s), so a (1, K) x (K, N)
 product is handed to NumPy through DLPack, sharing memory both ways. Everything else, and
-every product with more than one row, stays in Paddle. MIX_BLAS_GEMV=0 turns it off.
+every product with more than one row, stays in Paddle. MIX_FAST_DECODE=0 turns it off.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from paddle import nn
 
 
 def blas_gemv_enabled() -> bool:
-    return os.environ.get("MIX_BLAS_GEMV", "1") != "0"
+    return os.environ.get("MIX_FAST_DECODE", "1") != "0"
 
 
 def host_views(weight: paddle.Tensor, bias: paddle.Tensor | None, out_in: bool = False):
