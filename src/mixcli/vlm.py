@@ -63,12 +63,14 @@ def answer(
     sampling: SamplingConfig,
     on_text: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    video: list | None = None,
 ) -> Generation:
-    """Generate the assistant's reply to the last turn; images belong to the first turn."""
+    """Generate the assistant's reply to the last turn; images belong to the first turn, video
+    frames (instead of images) to a single question."""
     if not turns or not turns[-1][0].strip():
         raise MixError("the question is empty", "pass a question with -q TEXT")
     model = loaded.model
-    prompt = model.prepare(turns, images)
+    prompt = model.prepare_video(turns[-1][0], video) if video else model.prepare(turns, images)
     stops = list(dict.fromkeys([*sampling.stop_token_ids, *model.stop_token_ids]))
     cfg = SamplingConfig(**{**sampling.__dict__, "stop_token_ids": stops})
     cfg.max_new_tokens = min(cfg.max_new_tokens, model.context_length - len(prompt.ids))

@@ -52,6 +52,8 @@ def command(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
     seed: SeedOpt = None,
     batch: BatchOpt = None,
+    video: Annotated[Optional[str], typer.Option("--video", help="A video (mp4, webm, GIF, ...) to ask about.")] = None,
+    frames: Annotated[int, typer.Option("--frames", help="Frames sampled uniformly from --video.")] = 8,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -68,7 +70,10 @@ def command(
     sampling.validate()
     if batch is not None:
         return _run_batch(model, batch, sampling, device, dtype, allow_pickle)
-    _run_vlm(model, images or [], _question(question, images or []), sampling, device, dtype, allow_pickle, json_output)
+    if video is not None and images:
+        raise MixError("pass images or --video, not both", "ask about the video and the images separately")
+    question = _question(question, images or [])
+    _run_vlm(model, images or [], question, sampling, device, dtype, allow_pickle, json_output, video, frames)
 
 
 def _question(question: str | None, images: list[str]) -> str:
@@ -84,16 +89,19 @@ def _question(question: str | None, images: list[str]) -> str:
     return question.strip()
 
 
-def _run_vlm(model, images, question, sampling, device, dtype, allow_pickle, as_json) -> None:
-    """Answer one question, streaming the text unless --json."""
+def _run_vlm(model, images, question, sampling, device, dtype, allow_pickle, as_json, video, frames) -> None:
+    """Answer one question about images or a video, streaming the text unless --json."""
     from ..images import check_image_path, load_image
+    from ..video import read_frames
     from ..vlm import answer, load_vlm, result_record
 
     for source in images:
         check_image_path(source)
+    clip = read_frames(video, frames) if video is not None else None
     loaded = load_vlm(model, device, dtype, allow_pickle)
     pictures = [load_image(source) for source in images]
-    result = answer(loaded, [(question, None)], pictures, sampling, on_text=None if as_json else output.stream)
+    stream = None if as_json else output.stream
+    result = answer(loaded, [(question, None)], pictures, sampling, on_text=stream, video=clip)
     if as_json:
         output.emit_json(result_record(loaded, result))
     else:

@@ -18,7 +18,7 @@ from ...tokenizer import TextTokenizer
 from ...weights import linear_weight_names, load_into, open_checkpoint
 from .config import InternVLConfig
 from .conversation import get_template
-from .processing import IMG_CONTEXT, build_prompt_text, pixel_values, question_with_images
+from .processing import IMG_CONTEXT, build_prompt_text, pixel_values, question_with_frames, question_with_images
 from .vision import InternViT
 
 
@@ -173,6 +173,10 @@ class InternVL:
     @staticmethod
     def question_with_images(question: str, n_images: int) -> str:
         return question_with_images(question, n_images)
+
+    def prepare_video(self, question: str, frames: list[Image.Image]) -> Prompt:
+        """A question about video frames: one tile per frame, 'Frame{i}: ' prefixes (upstream's load_video)."""
+        return self.prepare([(question_with_frames(question, len(frames)), None)], frames, max_tiles=1)
 
     def embed_prompt(self, prompt: Prompt) -> paddle.Tensor:
         return self.net.embed(prompt.ids, prompt.pixel_values, self.image_token_id)

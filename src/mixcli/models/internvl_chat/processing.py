@@ -82,6 +82,11 @@ def question_with_images(question: str, n_images: int) -> str:
     return "".join(f"Image-{i}: <image>\n" for i in range(1, n_images + 1)) + question
 
 
+def question_with_frames(question: str, n_frames: int) -> str:
+    """The model card's video prompt: 'Frame1: <image>\n' ... before the question."""
+    return "".join(f"Frame{i}: <image>\n" for i in range(1, n_frames + 1)) + question
+
+
 def build_prompt_text(
     cfg: InternVLConfig, turns: list[tuple[str, str | None]], num_patches: list[int]
 ) -> str:
