@@ -157,3 +157,9 @@ def test_directory_without_config(cli, tmp_path, tiny):
     _, image = tiny
     result = cli("infer", str(tmp_path), str(image), "-q", QUESTION)
     assert result.exit_code == 1 and "config.json" in error_line(result)
+
+
+def test_half_precision_on_cpu_is_refused(cli, tiny):
+    path, image = tiny
+    result = cli("infer", str(path), str(image), "-q", QUESTION, "--dtype", "bfloat16")
+    assert result.exit_code == 1 and "not supported on the CPU" in error_line(result)

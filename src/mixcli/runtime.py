@@ -138,6 +138,9 @@ def setup(device: str | None = None, dtype: str | None = None, seed: int | None 
     dev = resolve_device(device)
     if dtype is not None and dtype not in DTYPES:
         raise MixError(f"unknown dtype '{dtype}'", f"use one of {', '.join(DTYPES)}")
+    if dev.startswith("cpu") and dtype not in (None, "float32"):
+        # Paddle 3.3's CPU build has no bfloat16/float16 kernels for conv2d and others.
+        raise MixError(f"--dtype {dtype} is not supported on the CPU", "use --dtype float32 (the default) on the CPU")
     paddle.set_device(dev)
     if seed is not None:
         seed_everything(seed)
