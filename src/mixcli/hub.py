@@ -71,15 +71,21 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def embedded_model_dir(spec: ModelSpec) -> Path | None:
-    """The models/ folder of the installed wheel that ships ``spec``, found without importing the wheel."""
-    package = EMBEDDED_PACKAGES.get(spec.family)
+def embedded_package_dir(package: str) -> Path | None:
+    """The folder of an installed package that ships model files, found without importing it."""
     # find_spec of a top-level package locates it but does not execute its __init__.
-    found = importlib.util.find_spec(package) if package else None
+    found = importlib.util.find_spec(package)
     for location in (found.submodule_search_locations or []) if found else []:
         if (Path(location) / "models").is_dir():
-            return Path(location) / "models"
+            return Path(location)
     return None
+
+
+def embedded_model_dir(spec: ModelSpec) -> Path | None:
+    """The models/ folder of the installed wheel that ships ``spec``."""
+    package = EMBEDDED_PACKAGES.get(spec.family)
+    root = embedded_package_dir(package) if package else None
+    return root / "models" if root else None
 
 
 def lookup(name: str) -> ModelSpec:

