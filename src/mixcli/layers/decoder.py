@@ -9,9 +9,8 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from .attention import attention
-from . import fastdecode
 from .cache import KVCache
-from .fastdecode import NumpyDecoder
+from .fastdecode import NumpyDecoder, view
 from .linear import FusedLinear, Linear, TiedProjection
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, apply_rotary
@@ -159,6 +158,7 @@ class CausalLM(nn.Layer):
         self.config = cfg
         self.model = DecoderBody(cfg)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self._fast: NumpyDecoder | None = None  # views of the weights, taken at the first decode step
         if cfg.tie_word_embeddings:
             self.tied_head = TiedProjection(self.model.embed_tokens)
         else:
@@ -169,13 +169,14 @@ class CausalLM(nn.Layer):
         for layer in self.model.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
-        self._fast = None
 
     def fast_decoder(self) -> NumpyDecoder | None:
         """The NumPy decode step when this model can use it (fused, float32, CPU), built once."""
-        if getattr(self, "_fast", None) is None and NumpyDecoder.usable(self):
+        if not NumpyDecoder.usable(self):
+            return None
+        if self._fast is None:
             self._fast = NumpyDecoder(self)
-        return getattr(self, "_fast", None) if fastdecode.enabled() else None
+        return self._fast
 
     def embed(self, ids: paddle.Tensor) -> paddle.Tensor:
         return self.model.embed_tokens(ids)
@@ -205,7 +206,7 @@ class CausalLM(nn.Layer):
         """Logits (B, T, V) when all_logits, else the last position's (B, V)."""
         fast = self.fast_decoder() if embeds.shape[:2] == [1, 1] and not all_logits else None
         if fast is not None:
-            return paddle.from_dlpack(fast.step(fastdecode.view(embeds)[0, 0], cache)[None])
+            return paddle.from_dlpack(fast.step(view(embeds)[0, 0], cache)[None])
         hidden = self.hidden_states(embeds, cache)
         if not all_logits:
             hidden = hidden[:, -1]
