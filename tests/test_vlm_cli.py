@@ -163,3 +163,40 @@ def test_half_precision_on_cpu_is_refused(cli, tiny):
     path, image = tiny
     result = cli("infer", str(path), str(image), "-q", QUESTION, "--dtype", "bfloat16")
     assert result.exit_code == 1 and "not supported on the CPU" in error_line(result)
+
+
+def test_truncated_safetensors_is_named(cli, tiny, tmp_path):
+    path, image = tiny
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for f in path.iterdir():
+        data = f.read_bytes()
+        (cut / f.name).write_bytes(data[: len(data) // 2] if f.suffix == ".safetensors" else data)
+    result = cli("infer", str(cut), str(image), "-q", QUESTION)
+    assert result.exit_code == 1 and "model.safetensors" in error_line(result) and result.stdout == ""
+
+
+def test_paddle_copy_loads_only_with_allow_pickle(cli, tiny, tmp_path):
+    """PaddleMIX publishes the same tensors as .pdparams, Linear weights already (in, out)."""
+    import paddle
+
+    from mixcli.weights import open_checkpoint
+
+    path, image = tiny
+    copy = tmp_path / "paddle-copy"
+    copy.mkdir()
+    for f in path.iterdir():
+        if f.suffix != ".safetensors":
+            (copy / f.name).write_bytes(f.read_bytes())
+    tensors = {}
+    for name, ref in open_checkpoint(path).items():
+        value = ref.numpy()
+        if value.ndim == 2 and "embed" not in name and "tok_embeddings" not in name:
+            value = value.T.copy()  # torch Linear (out, in) -> Paddle (in, out)
+        tensors[name] = paddle.to_tensor(value)
+    paddle.save(tensors, str(copy / "model_state.pdparams"))
+    refused = cli("infer", str(copy), str(image), "-q", QUESTION)
+    assert refused.exit_code == 1 and "--allow-pickle" in error_line(refused)
+    ours = json.loads(cli("infer", str(copy), str(image), "-q", QUESTION, "--max-new-tokens", "5", "--json", "--allow-pickle").stdout)
+    theirs = json.loads(cli("infer", str(path), str(image), "-q", QUESTION, "--max-new-tokens", "5", "--json").stdout)
+    assert ours["token_ids"] == theirs["token_ids"]
