@@ -17,6 +17,8 @@ def heads_per_block(t: int, s: int, heads: int, itemsize: int) -> int:
 
 def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None) -> paddle.Tensor:
     """softmax(q k^T * scale + mask) v for (B, H, T, D) queries against (B, H, S, D) keys and values."""
+    if not q.place.is_cpu_place():
+        return fused_attention(q, k, v, scale, mask)
     b, h, t, d = q.shape
     step = heads_per_block(t, k.shape[2], h, q.element_size())
     q = q * scale
@@ -28,3 +30,11 @@ def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float
         probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
         blocks.append(paddle.matmul(probs, v[:, start : start + step]))
     return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=1)
+
+
+def fused_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None) -> paddle.Tensor:
+    """Paddle's scaled-dot-product attention in (B, H, T, D) layout: flash / memory-efficient
+    kernels on GPU, a plain composite elsewhere."""
+    from paddle.compat.nn.functional import scaled_dot_product_attention
+
+    return scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
