@@ -1,11 +1,13 @@
-"""Tokenizers from a checkpoint's files (tokenizer.json, or vocab.json + merges.txt), without transformers."""
+"""Tokenizers read from a checkpoint (tokenizer.json, vocab.json + merges.txt, tokenizer.model) without transformers."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sentencepiece as spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from .errors import CheckpointError
@@ -69,11 +71,142 @@ def _add_config_tokens(tok: Tokenizer, config: dict, folder: Path) -> None:
             tok.add_tokens([token])
 
 
+# InternLM2Tokenizer's constructor defaults for the named special tokens.
+INTERNLM2_SPECIAL_DEFAULTS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>"}
+NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _clean_up_tokenization(text: str) -> str:
+    """transformers' PreTrainedTokenizerBase.clean_up_tokenization, which InternLM2Tokenizer always applies."""
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
+
+
+class SentencePieceTokenizer:
+    """InternLM2's slow tokenizer (remote code `tokenization_internlm2.InternLM2Tokenizer`) over tokenizer.model.
+
+    transformers' slow-tokenizer machinery around it is reproduced: the text is cut at every added token
+    (longest match first, honouring lstrip / rstrip / single_word), and each remaining piece goes to
+    `sp_model.encode` on its own, so a SentencePiece model with a dummy prefix starts every piece with "▁".
+    """
+
+    def __init__(self, model_file: Path, config: dict):
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        specs = {int(i): spec for i, spec in config.get("added_tokens_decoder", {}).items()}
+        self.added = {spec["content"]: i for i, spec in sorted(specs.items())}
+        self.flags = {spec["content"]: spec for spec in specs.values()}
+        named = [_token_text(config.get(k, INTERNLM2_SPECIAL_DEFAULTS.get(k))) for k in NAMED_SPECIAL]
+        extra = [_token_text(t) for t in config.get("additional_special_tokens") or []]
+        special = list(dict.fromkeys(t for t in named + extra if t))  # transformers' all_special_tokens order
+        self._add_missing_special_tokens(special)
+        self.special = set(special)
+        self.by_id = {i: content for content, i in self.added.items()}
+        self.special_ids = {self.added[t] for t in self.special}
+        self.add_bos = config.get("add_bos_token", True)
+        self.add_eos = config.get("add_eos_token", False)
+        self.clean_up = config.get("clean_up_tokenization_spaces", False)
+        longest_first = sorted(self.added, key=len, reverse=True)
+        self._added_re = re.compile(f"({'|'.join(map(re.escape, longest_first))})") if self.added else None
+
+    def _add_missing_special_tokens(self, special: list[str]) -> None:
+        """transformers adds special tokens that added_tokens_decoder lacks: at their piece id, else after the vocab."""
+        next_id = max([self.sp.get_piece_size() - 1, *self.added.values()]) + 1
+        for token in [t for t in special if t not in self.added]:
+            piece_id = self._piece_id(token)
+            if piece_id is None:
+                piece_id, next_id = next_id, next_id + 1
+            self.added[token] = piece_id
+
+    def _piece_id(self, piece: str) -> int | None:
+        pid = self.sp.piece_to_id(piece)
+        return pid if self.sp.id_to_piece(pid) == piece else None
+
+    def _split(self, text: str) -> list[str]:
+        """PreTrainedTokenizer.tokenize's split on added tokens (tokens_trie.split plus the AddedToken flags)."""
+        parts = [p for p in self._added_re.split(text) if p] if self._added_re else [text]
+        for i in range(len(parts)):
+            token = parts[i]
+            if token not in self.added:
+                continue
+            spec = self.flags.get(token, {})
+            left = parts[i - 1] if i > 0 else None
+            right = parts[i + 1] if i < len(parts) - 1 else None
+            if spec.get("rstrip") and right:
+                parts[i + 1] = right.lstrip()
+            if spec.get("lstrip") and left:
+                parts[i - 1] = left.rstrip()
+            if spec.get("single_word") and left and left[-1] != " ":
+                parts[i - 1], parts[i] = parts[i - 1] + token, ""
+            elif spec.get("single_word") and right and right[0] != " ":
+                parts[i + 1], parts[i] = token + parts[i + 1], ""
+        return [p for p in parts if p]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids as InternLM2Tokenizer.encode gives them (bos first unless add_bos_token is false)."""
+        pieces = []
+        for part in self._split(text):
+            pieces.extend([part] if part in self.added else self.sp.encode(part, out_type=str))
+        ids = [self.added[p] if p in self.added else self.sp.piece_to_id(p) for p in pieces]
+        if not add_special_tokens:
+            return ids
+        # build_inputs_with_special_tokens: InternLM2Tokenizer takes bos/eos ids from the sp model, not the config.
+        bos = [self.sp.bos_id()] if self.add_bos and self.sp.bos_id() >= 0 else []
+        eos = [self.sp.eos_id()] if self.add_eos and self.sp.eos_id() >= 0 else []
+        return bos + ids + eos
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """PreTrainedTokenizer._decode as in transformers 5; 4.x also set unskipped added tokens past the
+        SentencePiece vocab (<img>, ...) apart with spaces. With skip_special_tokens both agree."""
+        skip = self.special_ids if skip_special_tokens else set()
+        tokens = [self._token(i) for i in ids if i not in skip]
+        text = self._tokens_to_string([t for t in tokens if t is not None])
+        return _clean_up_tokenization(text) if self.clean_up else text
+
+    def _token(self, index: int) -> str | None:
+        """An id's token; ids past the vocab (padded embedding rows) are dropped as tokenizers does; upstream raises."""
+        if index in self.by_id:
+            return self.by_id[index]
+        return self.sp.id_to_piece(index) if 0 <= index < self.sp.get_piece_size() else None
+
+    def _tokens_to_string(self, tokens: list[str]) -> str:
+        """InternLM2Tokenizer.convert_tokens_to_string: a space opens every stretch that ends in a special token.
+
+        Its _maybe_add_prefix_space compares a token with a set of ids, so it always prepends a space that
+        the final `[1:]` removes again: a no-op, left out here.
+        """
+        out, pending, prev_special = "", [], False
+        for token in tokens:
+            if token in self.special:
+                out += ("" if prev_special else " ") + self.sp.decode(pending) + token
+                pending, prev_special = [], True
+            else:
+                pending.append(token)
+                prev_special = False
+        return _clean_up_tokenization(out + self.sp.decode(pending))
+
+    def token_to_id(self, token: str) -> int | None:
+        """An added token's or a SentencePiece piece's id; None for anything else."""
+        return self.added[token] if token in self.added else self._piece_id(token)
+
+
+def _sentencepiece_backend(folder: Path, config: dict) -> SentencePieceTokenizer:
+    """tokenizer.model alone: only InternLM2's slow tokenizer is reproduced, as other classes decode differently."""
+    name = config.get("tokenizer_class")
+    if name not in (None, "InternLM2Tokenizer"):
+        raise CheckpointError(
+            f"{folder} has a SentencePiece tokenizer.model for {name}, which mix cannot read yet",
+            "use a checkpoint that ships tokenizer.json",
+        )
+    return SentencePieceTokenizer(folder / "tokenizer.model", config)
+
+
 @dataclass
 class TextTokenizer:
     """Encode and decode text the way the checkpoint's reference tokenizer does."""
 
-    backend: Tokenizer
+    backend: Tokenizer | SentencePieceTokenizer
     config: dict = field(default_factory=dict)
 
     @classmethod
@@ -85,15 +218,18 @@ class TextTokenizer:
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
             backend = _qwen2_from_vocab(folder)
             _add_config_tokens(backend, config, folder)
+        elif (folder / "tokenizer.model").exists():
+            backend = _sentencepiece_backend(folder, config)
         else:
             raise CheckpointError(
-                f"{folder} has no tokenizer.json (nor vocab.json + merges.txt)",
+                f"{folder} has no tokenizer.json (nor vocab.json + merges.txt, nor tokenizer.model)",
                 "download the complete checkpoint with `mix download MODEL`",
             )
         return cls(backend=backend, config=config)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self.backend.encode(text, add_special_tokens=add_special_tokens)
+        return ids if isinstance(ids, list) else ids.ids  # tokenizers returns an Encoding
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
