@@ -44,15 +44,18 @@ class LoadedModel:
     load_s: float
 
 
-def load_vlm(name: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False) -> LoadedModel:
-    """Resolve, configure the runtime and load a vision-language model."""
+def load_vlm(
+    name: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False, **options
+) -> LoadedModel:
+    """Resolve, configure the runtime and load a vision-language model; ``options`` go to the
+    family's loader (e.g. max_pixels for Qwen2-VL)."""
     from . import runtime
     from .models import load_model
 
     start = time.perf_counter()
     _, path = model_dir(name)
     rt = runtime.setup(device, dtype)
-    model = load_model(path, dtype=rt.dtype, allow_pickle=allow_pickle)
+    model = load_model(path, dtype=rt.dtype, allow_pickle=allow_pickle, **options)
     return LoadedModel(name, model, round(time.perf_counter() - start, 4))
 
 

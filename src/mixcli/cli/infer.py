@@ -54,6 +54,9 @@ def command(
     batch: BatchOpt = None,
     video: Annotated[Optional[str], typer.Option("--video", help="A video (mp4, webm, GIF, ...) to ask about.")] = None,
     frames: Annotated[int, typer.Option("--frames", help="Frames sampled uniformly from --video.")] = 8,
+    max_pixels: Annotated[
+        Optional[int], typer.Option("--max-pixels", help="Qwen2-VL: most pixels per image after resizing.")
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -68,12 +71,13 @@ def command(
         max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop_strings=tuple(stop or ())
     )
     sampling.validate()
+    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, max_pixels=max_pixels)  # for load_vlm
     if batch is not None:
-        return _run_batch(model, batch, sampling, device, dtype, allow_pickle)
+        return _run_batch(model, batch, sampling, load)
     if video is not None and images:
         raise MixError("pass images or --video, not both", "ask about the video and the images separately")
     question = _question(question, images or [])
-    _run_vlm(model, images or [], question, sampling, device, dtype, allow_pickle, json_output, video, frames)
+    _run_vlm(model, images or [], question, sampling, load, json_output, video, frames)
 
 
 def _question(question: str | None, images: list[str]) -> str:
@@ -89,7 +93,7 @@ def _question(question: str | None, images: list[str]) -> str:
     return question.strip()
 
 
-def _run_vlm(model, images, question, sampling, device, dtype, allow_pickle, as_json, video, frames) -> None:
+def _run_vlm(model, images, question, sampling, load: dict, as_json: bool, video, frames: int) -> None:
     """Answer one question about images or a video, streaming the text unless --json."""
     from ..images import check_image_path, load_image
     from ..video import read_frames
@@ -98,7 +102,7 @@ def _run_vlm(model, images, question, sampling, device, dtype, allow_pickle, as_
     for source in images:
         check_image_path(source)
     clip = read_frames(video, frames) if video is not None else None
-    loaded = load_vlm(model, device, dtype, allow_pickle)
+    loaded = load_vlm(model, **load)
     pictures = [load_image(source) for source in images]
     stream = None if as_json else output.stream
     result = answer(loaded, [(question, None)], pictures, sampling, on_text=stream, video=clip)
@@ -108,13 +112,13 @@ def _run_vlm(model, images, question, sampling, device, dtype, allow_pickle, as_
         output.stream("\n")
 
 
-def _run_batch(model, batch, sampling, device, dtype, allow_pickle) -> None:
+def _run_batch(model, batch, sampling, load: dict) -> None:
     """One JSON line per request; a failed request gets an error record and the command exits 1 at the end."""
     from ..images import load_image
     from ..vlm import answer, load_vlm, read_batch, result_record
 
     requests = list(read_batch(batch))  # malformed lines fail before the model loads
-    loaded = load_vlm(model, device, dtype, allow_pickle)
+    loaded = load_vlm(model, **load)
     failed = 0
     for request in requests:
         try:

@@ -33,6 +33,7 @@ class DecoderConfig:
     tie_word_embeddings: bool = False
     qkv_bias: bool = False  # Qwen2: True; Llama/InternLM2: config "attention_bias"/"bias"
     hidden_act: str = "silu"
+    mrope_section: list[int] | None = None  # Qwen2-VL: rotary frequencies split over (t, h, w) positions
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -186,10 +187,19 @@ class CausalLM(nn.Layer):
         dtype = self.model.embed_tokens.weight.dtype
         return KVCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, max_len, dtype)
 
-    def hidden_states(self, embeds: paddle.Tensor, cache: KVCache) -> paddle.Tensor:
-        """Run the blocks on (B, T, H) embeddings placed after the cached tokens."""
+    def hidden_states(
+        self, embeds: paddle.Tensor, cache: KVCache, positions=None, position_offset: int = 0
+    ) -> paddle.Tensor:
+        """Run the blocks on (B, T, H) embeddings placed after the cached tokens.
+
+        Rotary positions are cache.offset + position_offset onwards, or the (3, T) multimodal
+        positions given (M-RoPE, needs config.mrope_section).
+        """
         t, past = embeds.shape[1], cache.offset
-        cos, sin = self.rotary(past, t, embeds.dtype)
+        if positions is not None:
+            cos, sin = self.rotary.multimodal(positions, self.config.mrope_section, embeds.dtype)
+        else:
+            cos, sin = self.rotary(past + position_offset, t, embeds.dtype)
         mask = causal_mask(t, past, embeds.dtype) if t > 1 else None
         x = embeds
         for i, layer in enumerate(self.model.layers):
@@ -202,12 +212,19 @@ class CausalLM(nn.Layer):
             return self.tied_head(hidden)
         return self.lm_head(hidden)
 
-    def forward(self, embeds: paddle.Tensor, cache: KVCache, all_logits: bool = False) -> paddle.Tensor:
-        """Logits (B, T, V) when all_logits, else the last position's (B, V)."""
-        fast = self.fast_decoder() if embeds.shape[:2] == [1, 1] and not all_logits else None
+    def forward(
+        self, embeds: paddle.Tensor, cache: KVCache, all_logits: bool = False, positions=None, position_offset: int = 0
+    ) -> paddle.Tensor:
+        """Logits (B, T, V) when all_logits, else the last position's (B, V).
+
+        positions / position_offset: see hidden_states. A single token's three M-RoPE components
+        are equal, so decode steps pass position_offset (upstream's rope_deltas) instead.
+        """
+        single = embeds.shape[:2] == [1, 1] and not all_logits and positions is None
+        fast = self.fast_decoder() if single else None
         if fast is not None:
-            return paddle.from_dlpack(fast.step(view(embeds)[0, 0], cache)[None])
-        hidden = self.hidden_states(embeds, cache)
+            return paddle.from_dlpack(fast.step(view(embeds)[0, 0], cache, cache.offset + position_offset)[None])
+        hidden = self.hidden_states(embeds, cache, positions, position_offset)
         if not all_logits:
             hidden = hidden[:, -1]
         return self.logits(hidden).astype("float32")

@@ -86,12 +86,16 @@ class NumpyDecoder:
             self._cache_views = (id(cache), [view(k) for k in cache.keys], [view(v) for v in cache.values])
         return self._cache_views[1], self._cache_views[2]
 
-    def step(self, x: np.ndarray, cache) -> np.ndarray:
-        """Hidden state (hidden,) of one new token -> its logits (vocab,); appends to the cache."""
+    def step(self, x: np.ndarray, cache, rope_position: int | None = None) -> np.ndarray:
+        """Hidden state (hidden,) of one new token -> its logits (vocab,); appends to the cache.
+
+        rope_position: the token's rotary position when it is not its cache slot (M-RoPE's delta).
+        """
         pos = cache.offset
         if pos >= cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; {pos + 1} requested")
-        cos, sin = (view(t)[0] for t in self.rotary(pos, 1, paddle.float32))
+        rope_pos = pos if rope_position is None else rope_position
+        cos, sin = (view(t)[0] for t in self.rotary(rope_pos, 1, paddle.float32))
         keys, values = self._cache(cache)
         for i, w in enumerate(self.layers):
             x = self._layer(x, w, keys[i][0], values[i][0], pos, cos, sin)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 from paddle import nn
 
@@ -27,6 +28,16 @@ class RotaryEmbedding(nn.Layer):
         if self._cos is None or self._cos.shape[0] < end:
             self._grow(max(end, 2 * (self._cos.shape[0] if self._cos is not None else 256)))
         return self._cos[start:end].astype(dtype), self._sin[start:end].astype(dtype)
+
+    def multimodal(self, positions: np.ndarray, section: list[int], dtype) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """cos, sin (T, D) for 3-D (temporal, height, width) positions (3, T): frequency chunk i of
+        `section` takes its angle from component i % 3 (Qwen2-VL's M-RoPE, recomposition_frequencies)."""
+        pos = paddle.to_tensor(np.asarray(positions, dtype=np.float32))  # (3, T)
+        freqs = pos.unsqueeze(-1) * self.inv_freq  # (3, T, D/2)
+        chunks = paddle.split(freqs, section, axis=-1)
+        freqs = paddle.concat([chunk[i % 3] for i, chunk in enumerate(chunks)], axis=-1)  # (T, D/2)
+        emb = paddle.concat([freqs, freqs], axis=-1)
+        return emb.cos().astype(dtype), emb.sin().astype(dtype)
 
 
 def rotate_half(x: paddle.Tensor) -> paddle.Tensor:
