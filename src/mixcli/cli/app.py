@@ -14,7 +14,7 @@ from .errors import handle_errors
 
 # Only commands that work are registered: (module under mixcli.cli, command name).
 COMMANDS: list[tuple[str, str]] = [("download", "download"), ("check_env", "check-env"), ("infer", "infer"), ("chat", "chat")]
-GROUPS: list[tuple[str, str]] = [("models", "models")]
+GROUPS: list[tuple[str, str]] = [("models", "models"), ("datacopilot", "datacopilot")]
 
 app = typer.Typer(
     name="mix",
