@@ -76,6 +76,7 @@ class TinyQwen2VL:
     window_size: int = 56  # 2 merged units a side: several windows per image
     fullatt_block_indexes: tuple = (1,)
     tokens_per_second: int = 3
+    vocab_size: int | None = None  # default: the tokenizer's size padded to 16; benchmarks set the real one
 
 
 def _write_tokenizer(path: Path):
@@ -206,7 +207,7 @@ def write_checkpoint(path: str | Path, knobs: TinyQwen2VL = TinyQwen2VL(), seed:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = _write_tokenizer(path)
-    vocab = -(-tok.get_vocab_size() // 16) * 16
+    vocab = knobs.vocab_size or -(-tok.get_vocab_size() // 16) * 16
     config = _config(knobs, vocab, tok)
     _dump(path / "config.json", config)
     _dump(path / "generation_config.json", {"bos_token_id": config["bos_token_id"],

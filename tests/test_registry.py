@@ -46,3 +46,15 @@ def test_cli_version_and_help(cli):
     assert result.exit_code == 0 and result.stdout.startswith("mix ")
     assert cli("--help").exit_code == 0
     assert cli("no-such-command").exit_code == 2
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    from mixcli.paths import atomic_write
+
+    with atomic_write(tmp_path / "out.txt") as f:
+        f.write(b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~mask

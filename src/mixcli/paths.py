@@ -41,9 +41,16 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator:
     except OSError as e:
         raise MixError(f"cannot write {path}: {e.strerror}", "choose a writable output path") from e
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual mode
         with os.fdopen(fd, mode) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
