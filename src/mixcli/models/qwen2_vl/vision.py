@@ -80,12 +80,12 @@ class VisionAttention(nn.Layer):
 
     def forward(self, x: paddle.Tensor, cos, sin, lengths: list[int]) -> paddle.Tensor:
         n = x.shape[0]
-        qkv = self.qkv(x).reshape([n, 3, self.heads, self.head_dim]).transpose([1, 2, 0, 3])  # (3, H, N, D)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        # Upstream rotates in float32 (apply_rotary_pos_emb_vision).
-        dtype = q.dtype
-        q = (q.astype("float32") * cos + rotate_half(q.astype("float32")) * sin).astype(dtype)
-        k = (k.astype("float32") * cos + rotate_half(k.astype("float32")) * sin).astype(dtype)
+        # One copy into head-major order: Paddle's ops run several times slower on strided views.
+        qkv = self.qkv(x).reshape([n, 3, self.heads, self.head_dim]).transpose([1, 2, 0, 3]).contiguous()
+        # Upstream rotates q and k in float32 (apply_rotary_pos_emb_vision); one rotation for both.
+        qk = qkv[:2].astype("float32")  # (2, H, N, D)
+        qk = (qk * cos + rotate_half(qk) * sin).astype(qkv.dtype)
+        q, k, v = qk[0], qk[1], qkv[2]
         outs, start = [], 0
         for length in lengths:  # one frame at a time
             part = slice(start, start + length)
