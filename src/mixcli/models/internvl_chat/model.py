@@ -14,6 +14,7 @@ from PIL import Image
 
 from ...errors import MixError
 from ...layers.decoder import CausalLM
+from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
 from ...weights import linear_weight_names, load_into, open_checkpoint
 from .config import InternVLConfig
@@ -78,12 +79,7 @@ class InternVLChat(nn.Layer):
             return embeds
         dtype = embeds.dtype
         features = self.extract_feature(paddle.to_tensor(pixel_values).astype(dtype))
-        features = features.reshape([-1, features.shape[-1]])
-        positions = np.nonzero(np.asarray(input_ids) == image_token_id)[0]
-        if len(positions) != features.shape[0]:
-            raise ValueError(f"{len(positions)} image tokens for {features.shape[0]} image features")
-        index = paddle.to_tensor(positions.astype(np.int64))
-        return paddle.scatter(embeds[0], index, features, overwrite=True)[None]
+        return place_features(embeds, input_ids, image_token_id, features.reshape([-1, features.shape[-1]]))
 
 
 # Upstream names -> ours. Projector: Sequential(LayerNorm, Linear, GELU, Linear).

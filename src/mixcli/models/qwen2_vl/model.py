@@ -13,6 +13,7 @@ from PIL import Image
 
 from ...errors import MixError
 from ...layers.decoder import CausalLM
+from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
 from ...weights import linear_weight_names, load_into, open_checkpoint
 from .config import Qwen2VLConfig
@@ -70,11 +71,7 @@ class Qwen2VLNet(nn.Layer):
         if pixel_values is None:
             return embeds
         features = self.visual(paddle.to_tensor(pixel_values).astype(embeds.dtype), grid_thw)
-        positions = np.nonzero(np.asarray(ids) == pad_id)[0]
-        if len(positions) != features.shape[0]:
-            raise ValueError(f"{len(positions)} vision tokens for {features.shape[0]} vision features")
-        index = paddle.to_tensor(positions.astype(np.int64))
-        return paddle.scatter(embeds[0], index, features, overwrite=True)[None]
+        return place_features(embeds, ids, pad_id, features)
 
 
 # transformers 5 saves model.language_model.* / model.visual.*; the published checkpoints model.* / visual.*.
