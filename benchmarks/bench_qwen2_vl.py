@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from qwen2_vl_ref import TinyQwen2VL, reference_inputs, reference_processor, write_checkpoint  # noqa: E402
 
-from mixcli.bench import decode_bytes_per_token  # noqa: E402
+from mixcli.bench import decode_bytes_per_token, decode_report, median_of, read_bandwidth_in_child  # noqa: E402
 from mixcli.generation import SamplingConfig, generate  # noqa: E402
 from mixcli.vlm import load_vlm  # noqa: E402
 
@@ -37,13 +37,7 @@ QUESTION = "Describe the image in detail."
 
 @pytest.fixture(scope="module")
 def setup_bandwidth():
-    """Read bandwidth, measured first and in a child process: under the memory pressure of two loaded
-    models it reads low, and Paddle's allocator would keep the 1 GiB probe buffer."""
-    import subprocess
-
-    probe = "from mixcli.bench import read_bandwidth; print(read_bandwidth())"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    return {"bytes_per_s": float(out.split()[-1])}
+    return {"bytes_per_s": read_bandwidth_in_child()}
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +71,9 @@ def transformers_seconds(ref, inputs: dict, new_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def median_of(fn, rounds: int = ROUNDS) -> float:
-    fn()  # warm-up
-    return statistics.median(fn() for _ in range(rounds))
-
-
 def test_time_to_first_token(benchmark, setup):
     ours, prompt, ref, inputs = setup
-    theirs = median_of(lambda: transformers_seconds(ref, inputs, 1))
+    theirs = median_of(lambda: transformers_seconds(ref, inputs, 1), ROUNDS)
     benchmark.pedantic(lambda: mix_run(ours, prompt, 1), rounds=ROUNDS, warmup_rounds=1)
     mine = benchmark.stats.stats.median
     benchmark.extra_info.update(mix_s=round(mine, 3), transformers_s=round(theirs, 3), speedup=round(theirs / mine, 2))
@@ -93,19 +82,12 @@ def test_time_to_first_token(benchmark, setup):
 
 def test_decode_tokens_per_second(benchmark, setup, setup_bandwidth):
     ours, prompt, ref, inputs = setup
-    first = median_of(lambda: transformers_seconds(ref, inputs, 1))
-    full = median_of(lambda: transformers_seconds(ref, inputs, NEW_TOKENS))
+    first = median_of(lambda: transformers_seconds(ref, inputs, 1), ROUNDS)
+    full = median_of(lambda: transformers_seconds(ref, inputs, NEW_TOKENS), ROUNDS)
     theirs = (NEW_TOKENS - 1) / (full - first)
     runs = []
     benchmark.pedantic(lambda: runs.append(mix_run(ours, prompt, NEW_TOKENS)), rounds=ROUNDS, warmup_rounds=1)
     mine = statistics.median(r.timings["decode_tokens_per_s"] for r in runs[1:])
-    bandwidth = setup_bandwidth["bytes_per_s"]
     per_token = decode_bytes_per_token(ours.net.language_model)
-    bound = bandwidth / per_token
-    benchmark.extra_info.update(
-        mix_tokens_per_s=round(mine, 2), transformers_tokens_per_s=round(theirs, 2), speedup=round(mine / theirs, 2),
-        weight_gb_per_token=round(per_token / 1e9, 3), read_bandwidth_gb_s=round(bandwidth / 1e9, 1),
-        bound_tokens_per_s=round(bound, 2), mix_share_of_bound=round(mine / bound, 3),
-        transformers_share_of_bound=round(theirs / bound, 3),
-    )  # fmt: skip
+    benchmark.extra_info.update(decode_report(mine, theirs, per_token, setup_bandwidth["bytes_per_s"]))
     print("\n", benchmark.extra_info)

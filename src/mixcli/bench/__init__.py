@@ -32,3 +32,37 @@ def decode_bytes_per_token(language_model) -> int:
             continue
         total += int(np.prod(tensor.shape)) * tensor.element_size()
     return total
+
+
+def read_bandwidth_in_child() -> float:
+    """read_bandwidth in a fresh process: measured before models fill the memory (it reads low under
+    memory pressure), and Paddle's allocator there cannot keep the 1 GiB probe buffer afterwards."""
+    import subprocess
+    import sys
+
+    probe = "from mixcli.bench import read_bandwidth; print(read_bandwidth())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
+def median_of(fn, rounds: int = 3) -> float:
+    """Median of fn() over rounds, after one warm-up call."""
+    import statistics
+
+    fn()
+    return statistics.median(fn() for _ in range(rounds))
+
+
+def decode_report(mine: float, theirs: float, bytes_per_token: int, bandwidth: float) -> dict:
+    """Decode tokens/s of mix and the reference, their ratio, and each one's share of the bandwidth bound."""
+    bound = bandwidth / bytes_per_token
+    return {
+        "mix_tokens_per_s": round(mine, 2),
+        "transformers_tokens_per_s": round(theirs, 2),
+        "speedup": round(mine / theirs, 2),
+        "weight_gb_per_token": round(bytes_per_token / 1e9, 3),
+        "read_bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "bound_tokens_per_s": round(bound, 2),
+        "mix_share_of_bound": round(mine / bound, 3),
+        "transformers_share_of_bound": round(theirs / bound, 3),
+    }
