@@ -239,3 +239,20 @@ def test_library_download_reports_progress(hub, repo, tmp_path):  # noqa: F811
     assert result.files == ["model.safetensors", "vision/model.safetensors"]
     assert seen == {p: (len(FILES[p]), len(FILES[p])) for p in result.files}
     assert result.bytes == result.downloaded == len(WEIGHTS) + len(FILES["vision/model.safetensors"])
+
+
+def test_an_alias_with_default_files_fetches_only_those(cli, hub):  # noqa: F811
+    spec = get_spec("stable-diffusion-v1-5")
+    files = {
+        "model_index.json": b"{}", "unet/config.json": b"{}", "unet/diffusion_pytorch_model.safetensors": b"u" * 64,
+        "unet/diffusion_pytorch_model.fp16.safetensors": b"h" * 32, "v1-5-pruned.safetensors": b"p" * 128,
+        "tokenizer/vocab.json": b"{}", "scheduler/scheduler_config.json": b"{}",
+    }
+    hub.add_repo(spec.repo, files)
+    result = cli("download", "stable-diffusion-v1-5", "--json")
+    assert result.exit_code == 0, result.stderr
+    got = sorted(json.loads(result.stdout)["files"])
+    assert got == ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "unet/config.json",
+                   "unet/diffusion_pytorch_model.safetensors"]
+    result = cli("download", "stable-diffusion-v1-5", "--include", "*.fp16.safetensors", "--json")
+    assert json.loads(result.stdout)["files"] == ["unet/diffusion_pytorch_model.fp16.safetensors"]

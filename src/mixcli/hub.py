@@ -174,6 +174,7 @@ def fetch_model(name: str, revision: str | None = None, include: list[str] | Non
     """`mix download`: an alias (embedded ones need nothing) or a repo id, at its registered revision."""
     spec = lookup(name)
     if spec.source != "embedded":
+        include = include or list(spec.include) or None
         return download(spec.repo, revision or spec.revision, include, exclude, local_dir, progress)
     folder = embedded_model_dir(spec)
     if folder is None:

@@ -30,11 +30,15 @@ class ModelSpec:
     size_gb: float | None = None
     source: str = "hub"  # "hub" or "embedded" (shipped inside an installed wheel)
     notes: str = ""
+    include: tuple[str, ...] = ()  # files `mix download` fetches when no --include is given (default: all)
 
     @classmethod
     def from_dict(cls, alias: str, data: dict) -> "ModelSpec":
         known = {f.name for f in fields(cls)}
-        return cls(alias=alias, **{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "include" in values:
+            values["include"] = tuple(values["include"])
+        return cls(alias=alias, **values)
 
 
 @lru_cache(maxsize=1)
