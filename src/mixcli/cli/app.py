@@ -13,7 +13,9 @@ from . import output
 from .errors import handle_errors
 
 # Only commands that work are registered: (module under mixcli.cli, command name).
-COMMANDS: list[tuple[str, str]] = [("download", "download"), ("check_env", "check-env"), ("infer", "infer"), ("chat", "chat")]
+COMMANDS: list[tuple[str, str]] = [
+    ("download", "download"), ("check_env", "check-env"), ("infer", "infer"), ("chat", "chat"), ("generate", "generate"),
+]
 GROUPS: list[tuple[str, str]] = [("models", "models"), ("datacopilot", "datacopilot")]
 
 app = typer.Typer(

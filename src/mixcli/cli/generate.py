@@ -1,0 +1,145 @@
+"""`mix generate MODEL PROMPT`: text-to-image (and image-to-image) with Stable Diffusion 1.5 / SDXL."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from . import output
+from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelArg, SeedOpt
+
+
+def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """WxH → (width, height); a malformed value is a usage error."""
+    if value is None:
+        return None
+    try:
+        width, height = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"'{value}' is not WxH, e.g. 512x512") from None
+    return width, height
+
+
+def command(
+    model: ModelArg,
+    prompt: Annotated[str, typer.Argument(help="What to draw; - reads it from stdin.")],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="PNG to write (several images: NAME-1.png, ...).")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 50,
+    guidance: Annotated[
+        Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale; 1 turns it off (default 7.5, SDXL 5).")
+    ] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from.")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="WxH, multiples of 8 (default: the model's native size).")] = None,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images to make from the prompt.")] = 1,
+    scheduler: Annotated[
+        Optional[str], typer.Option("--scheduler", help="ddim, euler, euler-a, dpm++2m, dpm++2m-karras, lcm, pndm (default: the checkpoint's).")
+    ] = None,
+    seed: SeedOpt = None,
+    latents: Annotated[
+        Optional[str], typer.Option("--latents", help="Initial noise, float32 .npy of shape (N, 4, H/8, W/8), unscaled.")
+    ] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Start from this image (image-to-image).")] = None,
+    strength: Annotated[float, typer.Option("--strength", help="Image-to-image: how much of the image to redraw (0-1].")] = 0.8,
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Weights variant to load, e.g. fp16.")] = None,
+    config: Annotated[
+        Optional[str], typer.Option("--config", help="Single-file checkpoints: a diffusers folder with the configs and tokenizers.")
+    ] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    allow_pickle: AllowPickleOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Generate images from a text prompt with a Stable Diffusion model; writes PNGs with their settings in the metadata."""
+    from ..diffusion.pipeline import Request, output_paths
+    from ..diffusion.schedulers import SCHEDULER_NAMES
+
+    if scheduler is not None and scheduler not in SCHEDULER_NAMES:
+        raise InputError(f"unknown scheduler '{scheduler}'", f"use one of {', '.join(SCHEDULER_NAMES)}")
+    request = Request(
+        prompt=_prompt(prompt), negative_prompt=negative_prompt, steps=steps, guidance=guidance, size=_size(size),
+        num_images=num_images, seed=secrets.randbelow(2**32) if seed is None else seed, scheduler=scheduler,
+        latents=_latents(latents), image=_image(image), strength=strength,
+    )
+    paths = output_paths(out or f"mix-{request.seed}.png", num_images)
+    _run(model, request, paths, dict(dtype=dtype, variant=variant, config_dir=config, allow_pickle=allow_pickle), device, json_output)
+
+
+def _run(model: str, request, paths, load: dict, device: Optional[str], as_json: bool) -> None:
+    from .. import runtime
+    from ..diffusion.pipeline import check_steps, load_pipeline, metadata, save_pngs
+
+    check_steps(request.steps)
+    start = time.perf_counter()
+    rt = runtime.setup(device, load.pop("dtype"))
+    pipe = load_pipeline(model, dtype=rt.dtype, **load)
+    load_s = round(time.perf_counter() - start, 4)
+    with _StepBar(request.steps) as bar:
+        result = pipe.generate(request, on_step=bar.update)
+    save_pngs(result.images, paths, metadata(request, result, model))
+    if as_json:
+        width, height = result.size
+        output.emit_json({
+            "model": model, "files": [str(p) for p in paths], "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt, "seed": result.seed, "steps": result.steps,
+            "guidance": result.guidance, "scheduler": result.scheduler, "size": f"{width}x{height}",
+            "timings": {"load_s": load_s, **result.timings},
+        })
+    else:
+        for path in paths:
+            output.result(str(path))
+
+
+class _StepBar:
+    """One tqdm bar of denoising steps on stderr (silent when stderr is not a terminal)."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="denoising", unit="step", leave=False, disable=None)
+
+    def __enter__(self) -> "_StepBar":
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _prompt(prompt: str) -> str:
+    if prompt == "-":
+        import sys
+
+        prompt = sys.stdin.read().strip()
+    if not prompt.strip():
+        raise InputError("the prompt is empty", 'pass a prompt, e.g. mix generate MODEL "a watercolor fox"')
+    return prompt
+
+
+def _latents(path: Optional[str]):
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read latents from {path} ({e})", "pass a float32 .npy file saved with numpy.save") from e
+    if array.ndim != 4 or not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"{path} holds a {array.dtype} array of shape {array.shape}", "pass float latents of shape (N, 4, H/8, W/8)")
+    return array.astype(np.float32)
+
+
+def _image(path: Optional[str]):
+    if path is None:
+        return None
+    from ..images import check_image_path, load_image
+
+    check_image_path(path)
+    return load_image(path)

@@ -1,0 +1,1 @@
+"""Diffusion models: UNet, VAE, CLIP text encoders, schedulers, pipelines."""

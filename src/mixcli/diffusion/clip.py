@@ -1,0 +1,312 @@
+"""CLIP for diffusion conditioning: the BPE tokenizer (vocab.json + merges.txt) and the text encoders in Paddle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE
+
+from ..errors import CheckpointError
+from ..layers.attention import attention
+from ..layers.decoder import causal_mask
+from ..weights import linear_weight_names, load_into, rename
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+# transformers' CLIPTokenizer split: special tokens, contractions, letter runs, single digits, other symbol runs.
+CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# The order in which transformers registers the named special tokens (SPECIAL_TOKENS_ATTRIBUTES).
+SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+# --- tokenizer ------------------------------------------------------------------------------
+
+
+def _token_text(value) -> str | None:
+    """Config files hold special tokens as strings or as AddedToken dicts ({"content": ...})."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON ({e})", "re-download the tokenizer folder") from e
+
+
+def _check_files(folder: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if not (folder / name).is_file():
+            raise CheckpointError(f"tokenizer folder {folder} has no {name}", "re-download it: mix download MODEL")
+
+
+def _backend(folder: Path, special: dict[str, str]) -> Tokenizer:
+    """The byte-level BPE that transformers 5's CLIPTokenizer builds (models/clip/tokenization_clip.py)."""
+    bpe = BPE.from_file(
+        str(folder / "vocab.json"), str(folder / "merges.txt"),
+        continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False, unk_token=special["unk_token"],
+    )  # fmt: skip
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),  # use_regex stays on, as upstream
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+@dataclass
+class CLIPTokenizer:
+    """CLIP's tokenizer as SD pipelines call it: BOS + BPE + EOS, truncated and padded to model_max_length."""
+
+    backend: Tokenizer
+    model_max_length: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> "CLIPTokenizer":
+        """Read a published tokenizer folder: vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json."""
+        folder = Path(folder)
+        _check_files(folder)
+        config = {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
+        defaults = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+        special = {k: _token_text(config.get(k)) or defaults.get(k) for k in SPECIAL_NAMES}
+        special = {k: v for k, v in special.items() if v}
+        tok = _backend(folder, special)
+        # Special tokens match before normalisation, so SDXL's "!" pad token also cuts prompts at each "!".
+        decoder = config.get("added_tokens_decoder", {})
+        extra = [_token_text(decoder[i]) for i in sorted(decoder, key=int)]
+        tokens = dict.fromkeys([*special.values(), *filter(None, extra)])
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+        ids = {k: tok.token_to_id(v) for k, v in special.items()}
+        tok.post_processor = processors.RobertaProcessing(
+            (special["eos_token"], ids["eos_token"]), (special["bos_token"], ids["bos_token"]), False, False
+        )
+        length = int(config.get("model_max_length", 77))
+        tok.enable_truncation(max_length=length)  # leaves room for BOS/EOS, so EOS stays last
+        tok.enable_padding(length=length, pad_id=ids["pad_token"], pad_token=special["pad_token"])
+        return cls(tok, length, ids["bos_token"], ids["eos_token"], ids["pad_token"])
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        """(B, model_max_length) int64 ids, as transformers' padding="max_length", truncation=True gives."""
+        if isinstance(texts, str):
+            texts = [texts]
+        encodings = self.backend.encode_batch(list(texts))
+        return np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(encodings), self.model_max_length)
+
+
+# --- text encoder ---------------------------------------------------------------------------
+
+
+@dataclass
+class CLIPTextConfig:
+    """transformers' CLIPTextConfig fields (text_encoder/config.json)."""
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    projection_dim: int = 512
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 49406
+    eos_token_id: int = 49407
+    architectures: list | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CLIPTextConfig":
+        """The config from a parsed config.json; unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
+    """OpenAI CLIP's sigmoid approximation of GELU (transformers' QuickGELUActivation)."""
+    return x * F.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: F.gelu(x, approximate=False),  # exact erf form
+    "gelu_new": lambda x: F.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate=True),
+}
+
+
+class CLIPAttention(nn.Layer):
+    """Multi-head self-attention with separate q/k/v projections, under a causal mask."""
+
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(h, h) for _ in range(4))
+
+    def _heads(self, x: paddle.Tensor) -> paddle.Tensor:
+        b, t, _ = x.shape
+        return x.reshape([b, t, self.heads, self.head_dim]).transpose([0, 2, 1, 3]).contiguous()  # (B, H, T, D)
+
+    def forward(self, x: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        out = attention(q, k, v, self.head_dim**-0.5, mask)  # (B, H, T, D)
+        return self.out_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, -1]))
+
+
+class CLIPMLP(nn.Layer):
+    """fc1 -> activation -> fc2."""
+
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        if cfg.hidden_act not in ACTIVATIONS:
+            raise CheckpointError(
+                f"text encoder activation {cfg.hidden_act!r} is not supported", f"known: {', '.join(ACTIVATIONS)}"
+            )
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nn.Layer):
+    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        self.self_attn = CLIPAttention(cfg)
+        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
+        self.mlp = CLIPMLP(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
+
+    def forward(self, x: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), mask)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEmbeddings(nn.Layer):
+    """Token plus learned absolute position embeddings (positions 0..T-1)."""
+
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+
+    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+        t = input_ids.shape[-1]
+        return self.token_embedding(input_ids) + self.position_embedding.weight[:t]  # (B, T, H)
+
+
+class CLIPEncoder(nn.Layer):
+    """The stack of encoder layers (`encoder.layers.N` in the checkpoint)."""
+
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        self.layers = nn.LayerList([CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+
+
+class CLIPTextTransformer(nn.Layer):
+    """transformers' CLIPTextModel body (`text_model.*`): embeddings, encoder, final_layer_norm."""
+
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        self.embeddings = CLIPEmbeddings(cfg)
+        self.encoder = CLIPEncoder(cfg)
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
+
+
+class CLIPTextOutput(NamedTuple):
+    """What SD pipelines take from a CLIP text encoder; all (B, T, H) or (B, H)/(B, P)."""
+
+    last_hidden_state: paddle.Tensor  # final-layer-norm'd output of the last layer (SD1.5's conditioning)
+    penultimate: paddle.Tensor  # hidden_states[hidden_layer]; by default [-2], the second-to-last layer's output
+    pooled: paddle.Tensor  # last_hidden_state at the EOS position, before the projection
+    text_embeds: paddle.Tensor | None  # pooled @ text_projection (CLIPTextModelWithProjection only)
+
+
+class CLIPTextEncoder(nn.Layer):
+    """transformers' CLIPTextModel / CLIPTextModelWithProjection, with the checkpoint's parameter names."""
+
+    def __init__(self, cfg: CLIPTextConfig, projection: bool = False):
+        super().__init__()
+        self.config = cfg
+        self.text_model = CLIPTextTransformer(cfg)
+        self.text_projection = nn.Linear(cfg.hidden_size, cfg.projection_dim, bias_attr=False) if projection else None
+
+    def hidden_states(self, input_ids: paddle.Tensor) -> list[paddle.Tensor]:
+        """transformers' output_hidden_states: the embeddings, then each layer's output (no final norm)."""
+        body = self.text_model
+        x = body.embeddings(input_ids)
+        mask = causal_mask(input_ids.shape[-1], 0, x.dtype)  # (T, T)
+        states = [x]
+        for layer in body.encoder.layers:
+            states.append(layer(states[-1], mask))
+        return states
+
+    def pool_index(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+        """The EOS position per row, by transformers' rule (CLIPTextTransformer.forward)."""
+        eos = self.config.eos_token_id
+        if eos == 2:  # legacy configs: EOS is the highest id in the vocabulary
+            return paddle.argmax(input_ids, axis=-1)
+        return paddle.argmax((input_ids == eos).astype("int32"), axis=-1)  # the first EOS
+
+    def forward(self, input_ids: paddle.Tensor, hidden_layer: int | None = None) -> CLIPTextOutput:
+        """Encode (B, T) ids; `hidden_layer` picks which hidden state `penultimate` holds (default -2)."""
+        states = self.hidden_states(input_ids)
+        last = self.text_model.final_layer_norm(states[-1])  # (B, T, H)
+        rows = paddle.arange(input_ids.shape[0])
+        pooled = last[rows, self.pool_index(input_ids)]  # (B, H)
+        embeds = self.text_projection(pooled) if self.text_projection is not None else None
+        return CLIPTextOutput(last, states[-2 if hidden_layer is None else hidden_layer], pooled, embeds)
+
+
+# transformers 5 saves CLIPTextModel without its `text_model.` prefix; the published files (and older
+# transformers) have it. `embeddings.position_ids` is a buffer older files carry: positions are always 0..T-1.
+NAME_RULES = [
+    (r"^(text_model\.)?embeddings\.position_ids$", None),
+    (r"^(?!text_model\.|text_projection\.)", "text_model."),
+]
+
+
+def sanitize(weights: Mapping) -> Mapping:
+    """Checkpoint names -> this module's names. Pure and idempotent."""
+    return rename(weights, NAME_RULES)
+
+
+def has_projection(config: dict, weights: Mapping) -> bool:
+    """CLIPTextModelWithProjection by its config's architectures or by a text_projection weight."""
+    return "CLIPTextModelWithProjection" in (config.get("architectures") or []) or "text_projection.weight" in weights
+
+
+def build_text_encoder(config: dict, weights: Mapping, dtype: str = "float32") -> CLIPTextEncoder:
+    """A CLIP text encoder from text_encoder/config.json and its weights (transformers names), cast to dtype."""
+    cfg = CLIPTextConfig.from_dict(config)
+    weights = sanitize(weights)
+    with paddle.LazyGuard():
+        encoder = CLIPTextEncoder(cfg, projection=has_projection(config, weights))
+    load_into(encoder, weights, transpose=linear_weight_names(encoder), dtype=dtype)
+    encoder.eval()
+    return encoder

@@ -1,0 +1,364 @@
+"""Text-to-image and image-to-image with Stable Diffusion 1.5 and SDXL, step for step as diffusers'
+StableDiffusion(XL)(Img2Img)Pipeline: prompt encoding, classifier-free guidance, the denoising loop
+and VAE decoding. Latents and scheduler math stay in NumPy; the networks run in Paddle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from .loading import PipelineParts
+
+Noise = Callable[[tuple[int, ...]], np.ndarray]  # standard normal float32 of a shape
+# diffusers' __call__ defaults per architecture.
+DEFAULT_GUIDANCE = {"sd15": 7.5, "sdxl": 5.0}
+DEFAULT_STEPS = 50
+
+
+@dataclass
+class Request:
+    """One generation: what `mix generate` takes, with the pipeline defaults filled in later."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    steps: int = DEFAULT_STEPS
+    guidance: float | None = None  # None: the architecture's default
+    size: tuple[int, int] | None = None  # (width, height); None: the model's native size
+    num_images: int = 1
+    seed: int = 0
+    scheduler: str | None = None  # None: the checkpoint's scheduler_config.json
+    latents: np.ndarray | None = None  # (num_images, C, H/f, W/f) unscaled standard normal
+    image: Image.Image | None = None  # img2img source
+    strength: float = 0.8
+
+
+@dataclass
+class Result:
+    """The images and how they were made."""
+
+    images: list[Image.Image]
+    seed: int
+    steps: int
+    guidance: float
+    scheduler: str
+    size: tuple[int, int]
+    timings: dict = field(default_factory=dict)
+
+
+class StableDiffusion:
+    """A loaded SD1.5 or SDXL pipeline."""
+
+    def __init__(self, parts: PipelineParts, dtype: str = "float32"):
+        from .clip import CLIPTokenizer, build_text_encoder
+        from .unet import build_unet
+        from .vae import build_vae
+
+        self.architecture = parts.architecture
+        self.scheduler_config = parts.configs["scheduler"]
+        self.force_zeros = parts.pipeline_config.get("force_zeros_for_empty_prompt", True)
+        self.unet = build_unet(parts.configs["unet"], parts.weights["unet"], dtype)
+        # diffusers decodes in float32 when a half-precision VAE sets force_upcast.
+        self.vae_dtype = "float32" if parts.configs["vae"].get("force_upcast", False) else dtype
+        self.vae = build_vae(parts.configs["vae"], parts.weights["vae"], self.vae_dtype)
+        texts = sorted(c for c in parts.weights if c.startswith("text_encoder"))
+        self.text_encoders = [build_text_encoder(parts.configs[c], parts.weights[c], dtype) for c in texts]
+        self.tokenizers = [CLIPTokenizer.from_dir(parts.tokenizer_dirs[c]) for c in sorted(parts.tokenizer_dirs)]
+        self.dtype = dtype
+
+    @property
+    def scale_factor(self) -> int:
+        return self.vae.scale_factor
+
+    def native_size(self) -> tuple[int, int]:
+        side = self.unet.config.sample_size * self.scale_factor
+        return side, side
+
+    def generate(self, request: Request, noise: Noise | None = None, on_step: Callable[[int, int], None] | None = None) -> Result:
+        """Run one request; ``noise`` draws every random tensor (default: a NumPy generator seeded with
+        request.seed), in diffusers' order: img2img encoding, initial noise, then the scheduler's steps."""
+        from .schedulers import make_scheduler
+
+        start = time.perf_counter()
+        noise = noise or seeded_noise(request.seed)
+        guidance = DEFAULT_GUIDANCE[self.architecture] if request.guidance is None else request.guidance
+        width, height = self._size(request)
+        scheduler = make_scheduler(self.scheduler_config, request.scheduler)
+        check_steps(request.steps)
+        scheduler.set_timesteps(request.steps)
+        cfg = guidance > 1 and self.unet.config.time_cond_proj_dim is None
+        cond = self.encode_prompt(request.prompt, request.negative_prompt, cfg, request.num_images, (height, width))
+        encoded = time.perf_counter()
+        timesteps, latents = self._initial_latents(request, scheduler, noise, width, height)
+        latents, step_times = self._denoise(latents, timesteps, scheduler, cond, guidance, cfg, noise, on_step)
+        denoised = time.perf_counter()
+        images = self.decode(latents)
+        end = time.perf_counter()
+        timings = {
+            "encode_s": round(encoded - start, 4),
+            "steps_s": step_times,
+            "denoise_s": round(denoised - encoded, 4),
+            "decode_s": round(end - denoised, 4),
+            "total_s": round(end - start, 4),
+        }
+        return Result(images, request.seed, len(timesteps), guidance, scheduler.name, (width, height), timings)
+
+    # --- steps of a run -------------------------------------------------------------------------
+
+    def _size(self, request: Request) -> tuple[int, int]:
+        if request.size is not None:
+            width, height = request.size
+        elif request.image is not None:
+            width, height = request.image.size
+            width, height = width - width % self.scale_factor, height - height % self.scale_factor
+        else:
+            width, height = self.native_size()
+        check_size(width, height, self.scale_factor)
+        return width, height
+
+    def encode_prompt(self, prompt: str, negative: str | None, cfg: bool, copies: int, size: tuple[int, int]) -> dict:
+        """Text conditioning for the UNet, negative first when guiding (diffusers' encode_prompt)."""
+        import paddle
+
+        if self.architecture == "sd15":
+            embeds = self._sd15_embeds(prompt)
+            neg = self._sd15_embeds(negative or "") if cfg else None
+            extra = {}
+        else:
+            embeds, pooled = self._sdxl_embeds(prompt)
+            if cfg and negative is None and self.force_zeros:
+                neg, neg_pooled = paddle.zeros_like(embeds), paddle.zeros_like(pooled)
+            elif cfg:
+                neg, neg_pooled = self._sdxl_embeds(negative)
+            time_ids = paddle.to_tensor([[*size, 0, 0, *size]], dtype=embeds.dtype)  # original, crop, target
+            pooled = _repeat(pooled, copies)
+            time_ids = _repeat(time_ids, copies)
+            if cfg:
+                pooled = paddle.concat([_repeat(neg_pooled, copies), pooled])
+                time_ids = paddle.concat([time_ids, time_ids])
+            extra = {"text_embeds": pooled, "time_ids": time_ids}
+        embeds = _repeat(embeds, copies)
+        if cfg:
+            embeds = paddle.concat([_repeat(neg, copies), embeds])
+        return {"encoder_hidden_states": embeds, **extra}
+
+    def _sd15_embeds(self, text: str):
+        import paddle
+
+        ids = paddle.to_tensor(self.tokenizers[0]([text]))
+        return self.text_encoders[0](ids).last_hidden_state
+
+    def _sdxl_embeds(self, text: str):
+        """Penultimate hidden states of both encoders side by side, and the second one's projection."""
+        import paddle
+
+        states, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+            out = encoder(paddle.to_tensor(tokenizer([text])))
+            states.append(out.penultimate)
+            pooled = out.text_embeds if out.text_embeds is not None else pooled
+        return paddle.concat(states, axis=-1), pooled
+
+    def _initial_latents(self, request: Request, scheduler, noise: Noise, width: int, height: int):
+        shape = (request.num_images, self.unet.config.in_channels, height // self.scale_factor, width // self.scale_factor)
+        if request.image is None:
+            latents = request.latents if request.latents is not None else noise(shape)
+            check_latents(latents, shape)
+            return scheduler.timesteps, latents.astype(np.float32) * scheduler.init_noise_sigma
+        timesteps = img2img_timesteps(scheduler, request.steps, request.strength)
+        image = request.image if request.image.size == (width, height) else request.image.resize((width, height), Image.LANCZOS)
+        encoded = np.repeat(self.encode_image(image, noise), request.num_images, axis=0)
+        start = request.latents if request.latents is not None else noise(encoded.shape)
+        check_latents(start, encoded.shape)
+        return timesteps, scheduler.add_noise(encoded, start.astype(np.float32), timesteps[0])
+
+    def _denoise(self, latents, timesteps, scheduler, cond: dict, guidance: float, cfg: bool, noise: Noise, on_step):
+        """The sampling loop; returns the final latents and each step's seconds."""
+        import paddle
+
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:
+            w = np.full(latents.shape[0], guidance - 1, dtype=np.float32)
+            timestep_cond = paddle.to_tensor(guidance_embedding(w, self.unet.config.time_cond_proj_dim), dtype=self.dtype)
+        step_times = []
+        for i, t in enumerate(timesteps):
+            tic = time.perf_counter()
+            model_input = np.concatenate([latents, latents]) if cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            with paddle.no_grad():
+                out = self.unet(paddle.to_tensor(model_input, dtype=self.dtype), float(t), timestep_cond=timestep_cond, **cond)
+            pred = out.astype("float32").numpy()
+            if cfg:
+                uncond, text = np.split(pred, 2)
+                pred = uncond + guidance * (text - uncond)
+            step_noise = noise(latents.shape) if scheduler.needs_noise else None
+            latents = scheduler.step(pred, t, latents, noise=step_noise).astype(np.float32)
+            step_times.append(round(time.perf_counter() - tic, 4))
+            if on_step is not None:
+                on_step(i + 1, len(timesteps))
+        return latents, step_times
+
+    def encode_image(self, image: Image.Image, noise: Noise) -> np.ndarray:
+        """Scaled latents of an RGB image, sampled from the VAE's posterior (diffusers' retrieve_latents)."""
+        import paddle
+
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
+        x = paddle.to_tensor(pixels.transpose(2, 0, 1)[None], dtype=self.vae_dtype)
+        with paddle.no_grad():
+            mean, logvar = self.vae.encode(x)
+        mean, logvar = mean.astype("float32").numpy(), logvar.astype("float32").numpy()
+        sample = mean + np.exp(0.5 * logvar) * noise(mean.shape)
+        cfg = self.vae.config
+        shift = cfg.shift_factor or 0.0
+        return ((sample - shift) * cfg.scaling_factor).astype(np.float32)
+
+    def decode(self, latents: np.ndarray) -> list[Image.Image]:
+        """PIL images from final latents (diffusers: latents / scaling_factor, VAE decode, postprocess)."""
+        import paddle
+
+        cfg = self.vae.config
+        z = latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+        with paddle.no_grad():
+            images = self.vae.decode(paddle.to_tensor(z, dtype=self.vae_dtype)).astype("float32").numpy()
+        return to_pil(images)
+
+
+# --- pieces shared with tests and the CLI ------------------------------------------------------
+
+
+def seeded_noise(seed: int) -> Noise:
+    """Standard normal float32 draws from one NumPy generator: reproducible on every device."""
+    rng = np.random.default_rng(seed)
+    return lambda shape: rng.standard_normal(shape, dtype=np.float32)
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] → PIL images, rounded as diffusers' numpy_to_pil."""
+    pixels = np.clip(images / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+    return [Image.fromarray(p) for p in (pixels * 255).round().astype(np.uint8)]
+
+
+def img2img_timesteps(scheduler, steps: int, strength: float):
+    """The tail of the schedule that img2img runs (diffusers' get_timesteps)."""
+    if not 0.0 < strength <= 1.0:
+        raise InputError(f"--strength {strength} is outside (0, 1]", "pass a strength such as 0.6")
+    t_start = steps - min(int(steps * strength), steps)
+    if steps - t_start < 1:
+        raise InputError(f"--strength {strength} leaves no step of {steps} to run", "raise --strength or --steps")
+    scheduler.start_at(t_start * scheduler.order)
+    return scheduler.timesteps[t_start * scheduler.order :]
+
+
+def guidance_embedding(w: np.ndarray, dim: int) -> np.ndarray:
+    """Sinusoidal embedding of (guidance - 1) for LCM-distilled UNets (diffusers' get_guidance_scale_embedding)."""
+    w = w.astype(np.float32) * 1000.0
+    half = dim // 2
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -(np.log(10000.0) / (half - 1)))
+    emb = w[:, None] * freqs[None, :]
+    emb = np.concatenate([np.sin(emb), np.cos(emb)], axis=1)
+    return np.pad(emb, ((0, 0), (0, dim % 2))).astype(np.float32)
+
+
+def check_size(width: int, height: int, factor: int) -> None:
+    multiple = max(8, factor)
+    if width < multiple or height < multiple or width % multiple or height % multiple:
+        raise InputError(f"size {width}x{height} is not a multiple of {multiple}", f"pass --size with multiples of {multiple}, e.g. 512x512")
+
+
+def check_steps(steps: int) -> None:
+    if steps < 1:
+        raise InputError(f"--steps {steps} is below 1", "pass --steps 1 or more (25-50 is typical)")
+
+
+def check_latents(latents: np.ndarray, shape: tuple[int, ...]) -> None:
+    if tuple(latents.shape) != tuple(shape):
+        raise InputError(f"the latents have shape {tuple(latents.shape)}, this run needs {tuple(shape)}", "pass latents matching --size and --num-images")
+
+
+def _repeat(x, copies: int):
+    import paddle
+
+    return x if copies == 1 else paddle.repeat_interleave(x, copies, axis=0)
+
+
+# --- loading and saving --------------------------------------------------------------------------
+
+TEXT_TO_IMAGE = ("stable_diffusion", "stable_diffusion_xl")
+
+
+def load_pipeline(
+    name: str, dtype: str = "float32", variant: str | None = None, config_dir: str | None = None, allow_pickle: bool = False
+) -> StableDiffusion:
+    """A pipeline from a registry alias, hub id, diffusers folder or single ``.safetensors`` file."""
+    from .loading import folder_parts, single_file_parts
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise InputError(f"{path.name} is not a .safetensors checkpoint", "pass a diffusers folder or a single-file .safetensors")
+        return StableDiffusion(single_file_parts(path, Path(config_dir) if config_dir else None), dtype)
+    return StableDiffusion(folder_parts(_pipeline_dir(name), variant, allow_pickle), dtype)
+
+
+def _pipeline_dir(name: str) -> Path:
+    from ..errors import MixError
+    from ..registry import resolve_model
+    from ..vlm import model_dir
+
+    spec = resolve_model(name).spec
+    if spec is not None and spec.family not in TEXT_TO_IMAGE:
+        raise MixError(f"'{name}' is a {spec.task} model, not a text-to-image one", "see `mix models list` for text-to-image models")
+    _, folder = model_dir(name)
+    if not (folder / "model_index.json").is_file():
+        raise MixError(f"{folder} is not a diffusers pipeline (no model_index.json)", "pass a Stable Diffusion folder or .safetensors file")
+    return folder
+
+
+def metadata(request: Request, result: Result, model: str) -> dict[str, str]:
+    """What a PNG records about its making; ``parameters`` is the AUTOMATIC1111 line other tools read."""
+    width, height = result.size
+    fields = {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt or "",
+        "seed": str(result.seed),
+        "steps": str(result.steps),
+        "guidance": f"{result.guidance:g}",
+        "scheduler": result.scheduler,
+        "size": f"{width}x{height}",
+        "model": model,
+    }
+    if request.image is not None:
+        fields["strength"] = f"{request.strength:g}"
+    negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
+    fields["parameters"] = (
+        f"{request.prompt}{negative}\nSteps: {result.steps}, Sampler: {result.scheduler}, CFG scale: {result.guidance:g}, "
+        f"Seed: {result.seed}, Size: {width}x{height}, Model: {model}"
+    )
+    return fields
+
+
+def output_paths(out: str | Path, count: int) -> list[Path]:
+    """``out`` for one image; ``stem-1.png`` ... for several."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise InputError(f"{out.name} does not end in .png", "pass -o NAME.png")
+    return [out] if count == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(count)]
+
+
+def save_pngs(images: list[Image.Image], paths: list[Path], fields: dict[str, str]) -> None:
+    """Write every PNG atomically with its text metadata, only after all images exist."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..paths import atomic_write
+
+    info = PngInfo()
+    for key, value in fields.items():
+        info.add_text(key, value)  # tEXt, or iTXt where the text is not Latin-1
+    for image, path in zip(images, paths):
+        with atomic_write(path) as f:
+            image.save(f, format="PNG", pnginfo=info)
