@@ -16,6 +16,7 @@ BPE ``tokenizer.json`` with Qwen2-VL's special tokens, ``tokenizer_config.json``
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,3 +299,64 @@ def reference_greedy(model, inputs: dict, max_new_tokens: int, eos_token_id: int
                              min_new_tokens=0, eos_token_id=[eos_token_id], pad_token_id=eos_token_id,
                              num_beams=1, repetition_penalty=1.0)
     return out[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+# ----------------------------------------------------------------------------- video reference
+# transformers' Qwen2VLVideoProcessor imports torchvision, which cannot be installed here, and
+# qwen-vl-utils needs it too; the pieces below are transcribed from them and run the same torch ops.
+
+
+def upstream_smart_nframes(ele: dict, total_frames: int, video_fps: float) -> int:
+    """qwen-vl-utils' smart_nframes (QwenLM/Qwen3-VL, qwen_vl_utils/vision_process.py), transcribed."""
+    factor = 2
+    if "nframes" in ele:
+        nframes = round(ele["nframes"] / factor) * factor
+    else:
+        fps = ele.get("fps", 2.0)
+        min_frames = math.ceil(ele.get("min_frames", 4) / factor) * factor
+        max_frames = math.floor(ele.get("max_frames", min(768, total_frames)) / factor) * factor
+        nframes = total_frames / video_fps * fps
+        nframes = min(min(max(nframes, min_frames), max_frames), total_frames)
+        nframes = math.floor(nframes / factor) * factor
+    if not (factor <= nframes <= total_frames):
+        raise ValueError(f"nframes should in interval [{factor}, {total_frames}], but got {nframes}.")
+    return nframes
+
+
+def upstream_frame_indices(total_frames: int, nframes: int) -> list[int]:
+    """qwen-vl-utils: torch.linspace(0, total_frames - 1, nframes).round().long()."""
+    import torch
+
+    return torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
+
+
+def upstream_video_size(height: int, width: int, num_frames: int, min_pixels: int = 128 * 28 * 28,
+                        max_pixels: int = 768 * 28 * 28, max_video_tokens: int = 128000) -> tuple[int, int]:
+    """Qwen2VLVideoProcessor.resize(cap_pixels_per_frame=True)'s target size (factor 28, temporal patch 2)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    total_pixels = int(max_video_tokens * 28 * 28 * 0.9)
+    capped = max(min(max_pixels, total_pixels * 2 // num_frames), int(min_pixels * 1.05))
+    return smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=capped)
+
+
+def upstream_pixel_values_videos(video: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel_values_videos, video_grid_thw) for uint8 (T, H, W, C) frames as Qwen2VLVideoProcessor
+    builds them: tvF.resize (bicubic, antialias; on AVX2/AVX512 CPUs torchvision runs torch's native
+    uint8 kernel, called directly here), the fused rescale + normalize, then its patchify."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).contiguous()[None]  # (1, T, C, H, W)
+    if tuple(x.shape[-2:]) != tuple(size):
+        frames = torch.nn.functional.interpolate(x[0], size=list(size), mode="bicubic", antialias=True)
+        x = frames[None]
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]) * (1.0 / (1 / 255))
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]) * (1.0 / (1 / 255))
+    x = (x.to(torch.float32) - mean[:, None, None]) / std[:, None, None]
+    if pad := -x.shape[1] % 2:
+        x = torch.cat((x, x[:, -1:].expand(-1, pad, -1, -1, -1)), dim=1)
+    b, t, c, h, w = x.shape
+    gt, gh, gw = t // 2, h // 14, w // 14
+    patches = x.view(b, gt, 2, c, gh // 2, 2, 14, gw // 2, 2, 14).permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    flat = patches.reshape(b, gt * gh * gw, c * 2 * 14 * 14)
+    return flat[0].numpy(), np.array([[gt, gh, gw]], dtype=np.int64)

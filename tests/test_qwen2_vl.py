@@ -3,6 +3,8 @@ Qwen2_5_VLForConditionalGeneration on tiny checkpoints in Qwen's published layou
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +16,10 @@ from qwen2_vl_ref import (
     reference_logits,
     reference_model,
     reference_processor,
+    upstream_frame_indices,
+    upstream_pixel_values_videos,
+    upstream_smart_nframes,
+    upstream_video_size,
     write_checkpoint,
 )
 from mixcli.errors import MixError
@@ -113,37 +119,151 @@ def test_second_turn_keeps_the_first_image(checkpoint):
     assert_logits_close(prompt_logits(model, prompt), reference_logits(ref, inputs))
 
 
-def upstream_video_patches(frames: np.ndarray, patch: int = 14, merge: int = 2, temporal: int = 2) -> np.ndarray:
-    """Qwen2VLVideoProcessor.patchify (torch view/permute) transcribed to NumPy for (T, C, H, W) frames."""
-    if pad := -len(frames) % temporal:
-        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
-    t, c, h, w = frames.shape
-    gh, gw = h // patch // merge, w // patch // merge
-    x = frames[None].reshape(1, t // temporal, temporal, c, gh, merge, patch, gw, merge, patch)
-    return x.transpose(0, 1, 4, 7, 5, 8, 3, 2, 6, 9).reshape(t // temporal * (h // patch) * (w // patch), -1)
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    """A 4.5 s PyAV clip at 10 fps whose 336x308 frames need no resize under the video pixel limits."""
+    rng = np.random.default_rng(7)
+    frames = [picture(336, 308, seed) for seed in rng.integers(0, 1000, 45)]
+    return write_mp4(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, rate=10)
 
 
-def test_video_patches_and_logits_match_reference(checkpoint):
-    """Frames already at a multiple of 28 pass the resize untouched (transformers' video processor
-    needs torchvision, absent here), so the patches are checked against its patchify transcribed."""
-    _, model, ref, processor = checkpoint
-    frames = [picture(84, 56, seed) for seed in range(5)]  # odd count: the last frame is repeated
-    prompt = model.prepare_video("What happens?", frames, fps=3.0)  # Qwen2.5-VL: temporal step 3 * 2/3
-    mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
-    normalized = np.stack([((np.asarray(f) / 255.0 - mean) / std).transpose(2, 0, 1) for f in frames])
-    normalized = normalized.astype(np.float32)
-    np.testing.assert_allclose(prompt.pixel_values, upstream_video_patches(normalized), atol=1e-5)
-    np.testing.assert_array_equal(prompt.grid_thw, [[3, 4, 6]])
-    video = {"pixel_values_videos": prompt.pixel_values, "video_grid_thw": prompt.grid_thw}
+def write_mp4(path, frames: list[Image.Image], rate: int):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def reference_video(model, path, fps: float) -> tuple[np.ndarray, dict]:
+    """The frames transformers' PyAV reader decodes at qwen-vl-utils' indices for this fps, and
+    the video inputs Qwen2VLVideoProcessor (cap_pixels_per_frame, max_video_tokens = the model's
+    context) and Qwen2_5_VLProcessor (second_per_grid_ts = 2 / sampled fps) make of them."""
+    from transformers.video_utils import read_video_pyav
+
+    def indices(metadata, **_):
+        count = upstream_smart_nframes({"fps": fps}, metadata.total_num_frames, metadata.fps)
+        return upstream_frame_indices(metadata.total_num_frames, count)
+
+    video, metadata = read_video_pyav(str(path), sample_indices_fn=indices)
+    size = upstream_video_size(*video.shape[1:3], len(video), max_video_tokens=model.context_length)
+    pixels, grid = upstream_pixel_values_videos(video, size)
+    inputs = {"pixel_values_videos": pixels, "video_grid_thw": grid}
     if model.config.vision_config.qwen2_5:
-        video["second_per_grid_ts"] = np.array([2 / 3.0], dtype=np.float32)
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
-    inputs = reference_inputs(processor, messages, video=video)
-    assert prompt.ids == inputs["input_ids"][0].tolist()
+        inputs["second_per_grid_ts"] = np.array([2 / metadata.sampled_fps], dtype=np.float32)
+    return video, inputs
+
+
+def video_message(*parts) -> list[dict]:
+    content = [{"type": "video"} if p == "video" else {"type": "image"} if p is Image else {"type": "text", "text": p}
+               for p in parts]
+    return [{"role": "user", "content": content}]
+
+
+def test_video_clip_matches_reference(checkpoint, clip_file):
+    """Sampled at 1.5 fps: 6 of 45 frames, sampled fps 4/3, so Qwen2.5-VL's temporal step is 3 x 1.5."""
+    _, model, ref, processor = checkpoint
+    clip = model.sample_video(str(clip_file), fps=1.5)
+    video, expected = reference_video(model, clip_file, fps=1.5)
+    np.testing.assert_array_equal(np.stack([np.asarray(f) for f in clip.frames]), video)
+    prompt = model.prepare([("What happens?", None)], [], video=clip)
+    np.testing.assert_array_equal(prompt.pixel_values_videos, expected["pixel_values_videos"])
+    np.testing.assert_array_equal(prompt.video_grid_thw, [[3, 22, 24]])
+    np.testing.assert_array_equal(prompt.video_grid_thw, expected["video_grid_thw"])
+    assert prompt.second_per_grid_ts == pytest.approx(1.5)
+    inputs = reference_inputs(processor, video_message("video", "What happens?"), video=expected)
+    assert prompt.text == inputs["text"] and prompt.ids == inputs["input_ids"][0].tolist()
+    temporal = model.embed_prompt(prompt).positions[0][np.asarray(prompt.ids) == model.config.video_token_id]
+    steps = [0, 4, 9] if model.config.vision_config.qwen2_5 else [0, 1, 2]  # 3 x 1.5 s per patch, truncated
+    assert sorted(set((temporal - temporal.min()).tolist())) == steps
     assert_logits_close(prompt_logits(model, prompt), reference_logits(ref, inputs))
     eos = model.tokenizer.token_id("<|im_end|>")
     ours = generate(model, prompt, prompt.ids, SamplingConfig(max_new_tokens=8, stop_token_ids=[eos]))
     assert ours.token_ids == [t for t in reference_greedy(ref, inputs, 8, eos) if t != eos]
+
+
+@pytest.mark.parametrize(
+    "question, parts",
+    [("What happens?", (Image, "video", "What happens?")),
+     ("Watch <video> then look at <image>. Same?", ("Watch ", "video", " then look at ", Image, ". Same?"))],
+)
+def test_image_and_video_in_one_message(checkpoint, clip_file, question, parts):
+    """Upstream's processor takes images and a video in one message; unplaced, the images come first."""
+    _, model, ref, processor = checkpoint
+    image = picture(100, 60, 3)
+    clip = model.sample_video(str(clip_file), fps=1.0)
+    _, expected = reference_video(model, clip_file, fps=1.0)
+    prompt = model.prepare([(question, None)], [image], video=clip)
+    inputs = reference_inputs(processor, video_message(*parts), [image], video=expected)
+    assert prompt.ids == inputs["input_ids"][0].tolist()
+    np.testing.assert_array_equal(prompt.pixel_values_videos, expected["pixel_values_videos"])
+    np.testing.assert_allclose(prompt.pixel_values, inputs["pixel_values"], atol=1e-6)
+    assert_logits_close(prompt_logits(model, prompt), reference_logits(ref, inputs))
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    return load_model(write_checkpoint(tmp_path_factory.mktemp("small"), TinyQwen2VL(), seed=4))
+
+
+def test_resized_video_frames_match_the_processor(small_model, tmp_path):
+    """Frames that need a resize: the same grid; pixels within two 8-bit levels, since PIL's bicubic
+    and torch's uint8 antialiased kernel round about 1 % of the values apart."""
+    frames = [picture(100, 60, seed) for seed in range(9)]
+    frames[0].save(tmp_path / "odd.gif", save_all=True, append_images=frames[1:], duration=250)
+    clip = small_model.sample_video(str(tmp_path / "odd.gif"))  # 2.25 s at 2 fps: 4 frames
+    prompt = small_model.prepare([("What happens?", None)], [], video=clip)
+    video = np.stack([np.asarray(f) for f in clip.frames])
+    size = upstream_video_size(60, 100, 4, max_video_tokens=small_model.context_length)
+    pixels, grid = upstream_pixel_values_videos(video, size)
+    np.testing.assert_array_equal(prompt.video_grid_thw, grid)
+    np.testing.assert_array_equal(grid, [[2, 18, 30]])
+    two_levels = 2 / (255 * 0.2613)
+    assert np.abs(prompt.pixel_values_videos - pixels).max() <= two_levels * 1.01
+    assert (np.abs(prompt.pixel_values_videos - pixels) > 1e-5).mean() < 0.02
+
+
+@pytest.mark.parametrize("height, width", [(48, 64), (720, 1280), (1080, 1920), (2160, 3840), (300, 300), (57, 1000)])
+@pytest.mark.parametrize("frames", [2, 4, 16, 120, 768])
+@pytest.mark.parametrize("tokens", [128000, 32768, 2048])
+def test_video_frame_size_matches_the_processor(height, width, frames, tokens):
+    from mixcli.models.qwen2_vl.processing import ImageProcessorConfig, VideoProcessorConfig, video_frame_size
+
+    video = VideoProcessorConfig(max_video_tokens=tokens)
+    ours = video_frame_size(height, width, frames, ImageProcessorConfig(), video)
+    assert ours == upstream_video_size(height, width, frames, max_video_tokens=tokens)
+
+
+def test_video_processor_settings_come_from_the_checkpoint(tmp_path):
+    from mixcli.models.qwen2_vl.processing import VideoProcessorConfig
+
+    defaults = VideoProcessorConfig.from_dir(tmp_path, context_length=32768)
+    assert (defaults.min_pixels, defaults.max_pixels, defaults.fps) == (128 * 28 * 28, 768 * 28 * 28, 2.0)
+    assert (defaults.min_frames, defaults.max_frames, defaults.max_video_tokens) == (4, 768, 32768)
+    assert VideoProcessorConfig.from_dir(tmp_path, context_length=10**6).max_video_tokens == 128000
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 3136, "longest_edge": 50176}, "fps": 1.0, "max_frames": 32, "max_pixels": 40000}))
+    listed = VideoProcessorConfig.from_dir(tmp_path)
+    assert (listed.min_pixels, listed.max_pixels, listed.fps, listed.max_frames) == (3136, 40000, 1.0, 32)
+    (tmp_path / "processor_config.json").write_text(json.dumps(
+        {"video_processor": {"min_pixels": 1000, "cap_pixels_per_frame": False}}))
+    nested = VideoProcessorConfig.from_dir(tmp_path)
+    assert (nested.min_pixels, nested.max_pixels, nested.max_video_tokens) == (1000, 768 * 28 * 28, None)
+
+
+def test_max_pixels_caps_video_frames_too(cli_files):
+    path, root = cli_files
+    capped = load_model(path, max_pixels=28 * 28 * 4)
+    clip = capped.sample_video(str(root / "clip.mp4"))
+    prompt = capped.prepare([("What happens?", None)], [], video=clip)
+    assert int(np.prod(prompt.video_grid_thw[0][1:])) <= 4 * 4
+    np.testing.assert_array_equal(prompt.video_grid_thw, [[3, 4, 4]])
 
 
 def test_cached_decode_matches_full_forward(checkpoint):
@@ -221,6 +341,7 @@ def cli_files(tmp_path_factory):
     picture(90, 60, 5).save(root / "photo.png")
     frames = [picture(84, 56, seed) for seed in range(4)]
     frames[0].save(root / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+    write_mp4(root / "clip.mp4", [picture(64, 48, seed) for seed in range(30)], rate=10)  # 3 s
     return path, root
 
 
@@ -231,8 +352,6 @@ def error_line(result) -> str:
 
 
 def test_infer_json_matches_reference_greedy(cli, cli_files):
-    import json
-
     path, root = cli_files
     result = cli("infer", str(path), str(root / "photo.png"), "-q", "Describe.", "--max-new-tokens", "6", "--json")
     assert result.exit_code == 0, result.stderr
@@ -249,6 +368,66 @@ def test_infer_video_gif(cli, cli_files):
                  "--max-new-tokens", "3")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_infer_positional_video(cli, cli_files):
+    """`mix infer MODEL clip.mp4 -q ...`: sampled at 2 fps (6 of 30 frames), the same prompt the library builds."""
+    path, root = cli_files
+    args = ["-q", "What happens?", "--max-new-tokens", "4", "--json"]
+    record = json.loads(cli("infer", str(path), str(root / "clip.mp4"), *args).stdout)
+    assert record["video"] == {"path": str(root / "clip.mp4"), "frames": 6, "fps": 2.0,
+                               "timestamps": [0.0, 0.6, 1.2, 1.7, 2.3, 2.9]}
+    model = load_model(path)
+    prompt = model.prepare([("What happens?", None)], [], video=model.sample_video(str(root / "clip.mp4")))
+    assert record["prompt_token_ids"] == prompt.ids
+    explicit = json.loads(cli("infer", str(path), "--video", str(root / "clip.mp4"), *args).stdout)
+    assert explicit["token_ids"] == record["token_ids"]
+    fewer = json.loads(cli("infer", str(path), str(root / "clip.mp4"), "--fps", "1", *args).stdout)
+    assert fewer["video"]["frames"] == 4 and fewer["prompt_tokens"] < record["prompt_tokens"]
+
+
+def test_infer_image_and_video_together(cli, cli_files):
+    path, root = cli_files
+    result = cli("infer", str(path), str(root / "photo.png"), str(root / "clip.mp4"), "-q", "Same scene?",
+                 "--max-new-tokens", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    model = load_model(path)
+    ids = json.loads(result.stdout)["prompt_token_ids"]
+    image_at, video_at = ids.index(model.config.image_token_id), ids.index(model.config.video_token_id)
+    assert image_at < video_at  # unplaced images come before the video, as upstream lists them
+
+
+def test_batch_and_chat_take_a_video(cli, cli_files, tmp_path):
+    path, root = cli_files
+    single = json.loads(cli("infer", str(path), str(root / "clip.mp4"), "-q", "What happens?",
+                            "--max-new-tokens", "3", "--json").stdout)
+    batch = tmp_path / "in.jsonl"
+    batch.write_text(json.dumps({"video": str(root / "clip.mp4"), "question": "What happens?"}) + "\n")
+    record = json.loads(cli("infer", str(path), "--batch", str(batch), "--max-new-tokens", "3").stdout)
+    assert record["token_ids"] == single["token_ids"]
+    chat = cli("chat", str(path), "--max-new-tokens", "3", input=f"/video {root / 'clip.mp4'}\nWhat happens?\nAnd?\n")
+    assert chat.exit_code == 0, chat.stderr
+    assert chat.stdout.splitlines()[0] == single["text"] and len(chat.stdout.splitlines()) == 2
+    second = cli("chat", str(path), str(root / "clip.mp4"), input=f"/video {root / 'clip.mp4'}\n")
+    assert second.exit_code == 1 and "already has a video" in error_line(second)
+
+
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["{root}/clip.mp4", "{root}/clip.gif"], 1, "one video per request, got 2"),
+        (["{root}/clip.mp4", "--fps", "0"], 1, "--fps must be above 0"),
+        (["{root}/clip.mp4", "--max-frames", "0"], 2, "--max-frames"),
+        (["{root}/broken.mp4"], 1, "cannot decode video"),
+        (["{root}/photo.png", "-q", "<video> here?"], 1, "1 <video> markers for 0 videos"),
+    ],
+)
+def test_infer_bad_video_input(cli, cli_files, args, code, needle):
+    path, root = cli_files
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing else")
+    result = cli("infer", str(path), "-q", "What happens?", *[a.format(root=root) for a in args])
+    assert result.exit_code == code
+    assert needle in (error_line(result) if code == 1 else result.stderr)
 
 
 @pytest.mark.parametrize(
@@ -275,8 +454,6 @@ def test_infer_tiny_image(cli, cli_files, tmp_path):
 
 def test_paddlemix_pdparams_copy_gives_the_same_tokens(cli, cli_files, tmp_path):
     """PP-DocBee ships PaddleMIX's Qwen2-VL: the same names as .pdparams, Linear weights (in, out)."""
-    import json
-
     import paddle
 
     from mixcli.weights import open_checkpoint

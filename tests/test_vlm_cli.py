@@ -200,3 +200,44 @@ def test_paddle_copy_loads_only_with_allow_pickle(cli, tiny, tmp_path):
     ours = json.loads(cli("infer", str(copy), str(image), "-q", QUESTION, "--max-new-tokens", "5", "--json", "--allow-pickle").stdout)
     theirs = json.loads(cli("infer", str(path), str(image), "-q", QUESTION, "--max-new-tokens", "5", "--json").stdout)
     assert ours["token_ids"] == theirs["token_ids"]
+
+
+def test_batch_video_field_must_be_one_path(cli, tiny, tmp_path):
+    path, _ = tiny
+    batch = tmp_path / "in.jsonl"
+    batch.write_text(json.dumps({"video": ["a.mp4", "b.mp4"], "question": QUESTION}) + "\n")
+    result = cli("infer", str(path), "--batch", str(batch))
+    assert result.exit_code == 1 and 'at most one "video" path' in error_line(result)
+
+
+def test_chat_with_a_video(cli, tiny, tmp_path):
+    """/video attaches a clip to the next message; InternVL then refuses images in the same conversation."""
+    path, image = tiny
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ("red", "green", "blue", "white")]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+    script = f"/video {tmp_path / 'clip.gif'}\nWhat happens?\nAnd then?\n"
+    result = cli("chat", str(path), "--frames", "2", "--max-new-tokens", "3", input=script)
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+    mixed = cli("chat", str(path), "--max-new-tokens", "3", input=f"/video {tmp_path / 'clip.gif'}\n/image {image}\nHi?\n")
+    assert mixed.exit_code == 1 and "not both" in error_line(mixed)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-q", "<image> or <image>?"], "2 <image> placeholders for 1 images"),
+        (["-q", QUESTION, "--max-pixels", "100000"], "--max-pixels does not apply to 'internvl_chat' models"),
+        (["-q", QUESTION, "--fps", "0"], "--fps must be above 0"),
+    ],
+)
+def test_bad_input_is_one_line(cli, tiny, args, needle):
+    path, image = tiny
+    result = cli("infer", str(path), str(image), *args)
+    assert result.exit_code == 1 and needle in error_line(result) and result.stdout == ""
+
+
+def test_video_options_without_a_video_are_ignored_with_a_warning(cli, tiny):
+    path, image = tiny
+    result = cli("infer", str(path), str(image), "-q", QUESTION, "--fps", "2", "--max-new-tokens", "2")
+    assert result.exit_code == 0 and "--fps ignored: no video given" in result.stderr

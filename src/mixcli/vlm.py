@@ -36,6 +36,59 @@ def check_supported(ref: ModelRef) -> None:
 
 
 @dataclass
+class VideoOptions:
+    """How to sample a video: by time (--fps, Qwen2-VL's default) or a frame count (--frames,
+    InternVL's default), at most --max-frames; None leaves the model family's default."""
+
+    fps: float | None = None
+    frames: int | None = None
+    max_frames: int | None = None
+
+    def validate(self) -> None:
+        """One clear error before any work for settings no video can satisfy."""
+        from .video import check_sampling
+
+        if self.fps is not None and self.frames is not None:
+            raise MixError("pass --fps or --frames, not both", "--fps samples by time, --frames a fixed count")
+        check_sampling(self.fps, self.frames, self.max_frames)
+
+    @property
+    def given(self) -> list[str]:
+        names = {"--fps": self.fps, "--frames": self.frames, "--max-frames": self.max_frames}
+        return [name for name, value in names.items() if value is not None]
+
+
+def split_inputs(paths: list[str], video: str | None = None) -> tuple[list[str], str | None]:
+    """Positional files as (images, the video): a video extension or an animated GIF/WebP is a
+    video; --video names one explicitly. One video per request."""
+    from .video import is_video_file
+
+    videos = [p for p in paths if p != "-" and is_video_file(p)] + ([video] if video is not None else [])
+    if len(videos) > 1:
+        raise MixError(
+            f"one video per request, got {len(videos)}: {', '.join(videos)}", "ask about each video separately"
+        )
+    return [p for p in paths if p not in videos], (videos[0] if videos else None)
+
+
+def read_clip(loaded: "LoadedModel", source, options: VideoOptions | None = None):
+    """A video's frames (a mixcli.video.Clip) sampled the way the model's family samples them;
+    source: a path or a probed mixcli.video.VideoInfo."""
+    options = options or VideoOptions()
+    return loaded.model.sample_video(source, options.fps, options.frames, options.max_frames)
+
+
+def clip_record(clip) -> dict:
+    """What was sampled from a video, for `--json`."""
+    return {
+        "path": str(clip.info.path),
+        "frames": len(clip.frames),
+        "fps": round(clip.fps, 4),
+        "timestamps": [round(t, 3) for t in clip.timestamps],
+    }
+
+
+@dataclass
 class LoadedModel:
     """A model ready to answer, with how long loading took."""
 
@@ -66,14 +119,14 @@ def answer(
     sampling: SamplingConfig,
     on_text: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    video: list | None = None,
+    video=None,
 ) -> Generation:
-    """Generate the assistant's reply to the last turn; images belong to the first turn, video
-    frames (instead of images) to a single question."""
+    """Generate the assistant's reply to the last turn; images belong to the first turn and the video
+    (a mixcli.video.Clip from read_clip) to the last, unless <image> / <video> markers place them."""
     if not turns or not turns[-1][0].strip():
         raise MixError("the question is empty", "pass a question with -q TEXT")
     model = loaded.model
-    prompt = model.prepare_video(turns[-1][0], video) if video else model.prepare(turns, images)
+    prompt = model.prepare(turns, images, video=video)
     stops = list(dict.fromkeys([*sampling.stop_token_ids, *model.stop_token_ids]))
     cfg = SamplingConfig(**{**sampling.__dict__, "stop_token_ids": stops})
     cfg.max_new_tokens = min(cfg.max_new_tokens, model.context_length - len(prompt.ids))
@@ -92,10 +145,12 @@ class BatchRequest:
     images: list[str]
     question: str
     line: int
+    video: str | None = None
 
 
 def read_batch(path: str) -> Iterator[BatchRequest]:
-    """Requests of a JSONL file (`-` for stdin): {"images": [...], "question": "..."} per line."""
+    """Requests of a JSONL file (`-` for stdin): {"images": [...], "question": "..."} per line,
+    optionally with "video": "clip.mp4"."""
     import sys
 
     try:
@@ -115,34 +170,45 @@ def parse_request(line: str, number: int, path: str) -> BatchRequest:
         raise InputError(f"{path}:{number} is not valid JSON ({e.msg})", "write one JSON object per line") from e
     images = data.get("images", []) if isinstance(data, dict) else None
     question = data.get("question") if isinstance(data, dict) else None
-    if not isinstance(question, str) or not isinstance(images, list):
+    video = data.get("video") if isinstance(data, dict) else None
+    if not isinstance(question, str) or not isinstance(images, list) or not isinstance(video, (str, type(None))):
         raise InputError(
-            f"{path}:{number} needs a \"question\" string and an \"images\" list",
-            'e.g. {"images": ["a.png"], "question": "What is this?"}',
+            f"{path}:{number} needs a \"question\" string, an \"images\" list and at most one \"video\" path",
+            'e.g. {"images": ["a.png"], "question": "What is this?"} or {"video": "clip.mp4", "question": "..."}',
         )
-    return BatchRequest([str(i) for i in images], question, number)
+    return BatchRequest([str(i) for i in images], question, number, video)
 
 
 @dataclass
 class ChatSession:
-    """A conversation with history; images added with /image go with the next question."""
+    """A conversation with history; images and a video added with /image and /video go with the
+    next question. One video per conversation (every turn re-reads the whole history)."""
 
     loaded: LoadedModel
     sampling: SamplingConfig
     images: list = field(default_factory=list)
     pending: list = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)
+    video: object = None  # a mixcli.video.Clip
+    video_pending: bool = False
 
     def add_image(self, image) -> None:
         self.pending.append(image)
 
+    def add_video(self, clip) -> None:
+        if self.video is not None:
+            raise MixError("this conversation already has a video", "/clear first to ask about another one")
+        self.video, self.video_pending = clip, True
+
     def ask(self, question: str, on_text=None, should_stop=lambda: False) -> Generation:
-        if self.pending:  # place them explicitly, so later turns keep their position
+        if self.video_pending and "<video>" not in question:  # placed explicitly, so later turns keep it there
+            question = "<video>" + question
+        if self.pending:
             question = self.loaded.model.question_with_images(question, len(self.pending))
         turns = self.history + [(question, None)]
-        result = answer(self.loaded, turns, self.images + self.pending, self.sampling, on_text, should_stop)
+        result = answer(self.loaded, turns, self.images + self.pending, self.sampling, on_text, should_stop, self.video)
         self.images += self.pending
-        self.pending = []
+        self.pending, self.video_pending = [], False
         self.history.append((question, result.text))
         return result
 
@@ -150,3 +216,4 @@ class ChatSession:
         self.history.clear()
         self.images.clear()
         self.pending.clear()
+        self.video, self.video_pending = None, False

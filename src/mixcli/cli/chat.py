@@ -1,4 +1,4 @@
-"""`mix chat MODEL [IMAGE ...]`: an interactive, streaming conversation with history."""
+"""`mix chat MODEL [IMAGE|VIDEO ...]`: an interactive, streaming conversation with history."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import typer
 
 from ..errors import MixError
 from . import output
-from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, ModelArg, SeedOpt
+from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, FpsOpt, FramesOpt, MaxFramesOpt, ModelArg, SeedOpt
 
-HELP = "commands: /image PATH (attach to the next message), /clear (forget history), /exit"
+HELP = (
+    "commands: /image PATH, /video PATH (attach to the next message; one video per conversation), "
+    "/clear (forget history), /exit"
+)
 
 
 @contextmanager
@@ -38,9 +41,10 @@ def read_message(interactive: bool) -> str | None:
     return None if line == "" else line.rstrip("\n")
 
 
-def run_command(session, message: str) -> bool:
-    """Handle a /command; False means exit."""
+def run_command(session, message: str, options=None) -> bool:
+    """Handle a /command; False means exit. options: how /video samples (a mixcli.vlm.VideoOptions)."""
     from ..images import load_image
+    from ..vlm import read_clip
 
     name, _, arg = message.partition(" ")
     if name == "/exit":
@@ -51,6 +55,10 @@ def run_command(session, message: str) -> bool:
     elif name == "/image" and arg.strip():
         session.add_image(load_image(arg.strip()))
         output.log(f"image attached: {arg.strip()}")
+    elif name == "/video" and arg.strip():
+        clip = read_clip(session.loaded, arg.strip(), options)
+        session.add_video(clip)
+        output.log(f"video attached: {arg.strip()} ({len(clip.frames)} frames at {clip.fps:.3g} per second)")
     else:
         output.log(HELP)
     return True
@@ -58,11 +66,16 @@ def run_command(session, message: str) -> bool:
 
 def command(
     model: ModelArg,
-    images: Annotated[Optional[list[str]], typer.Argument(help="Images for the first message.")] = None,
+    images: Annotated[
+        Optional[list[str]], typer.Argument(help="Images, and at most one video, for the first message.")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Most tokens per answer.")] = 512,
     temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
     seed: SeedOpt = None,
+    fps: FpsOpt = None,
+    frames: FramesOpt = None,
+    max_frames: MaxFramesOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -70,13 +83,20 @@ def command(
     """Chat with a vision-language model; reads one message per line when stdin is not a terminal."""
     from ..generation import SamplingConfig
     from ..images import load_image
-    from ..vlm import ChatSession, load_vlm
+    from ..video import probe
+    from ..vlm import ChatSession, VideoOptions, load_vlm, read_clip, split_inputs
 
-    pictures = [load_image(path) for path in images or []]
+    options = VideoOptions(fps, frames, max_frames)
+    options.validate()
+    paths, video = split_inputs(images or [])
+    pictures = [load_image(path) for path in paths]
+    info = probe(video) if video is not None else None  # an unreadable video fails before the model loads
     loaded = load_vlm(model, device, dtype, allow_pickle)
     session = ChatSession(loaded, SamplingConfig(max_new_tokens, temperature, top_p, seed=seed))
     for picture in pictures:
         session.add_image(picture)
+    if info is not None:
+        session.add_video(read_clip(loaded, info, options))
     interactive = sys.stdin.isatty()
     if interactive:
         output.log(f"{model} loaded in {loaded.load_s:.1f} s. {HELP}")
@@ -85,7 +105,7 @@ def command(
             continue
         if message.startswith("/"):
             try:
-                if not run_command(session, message.strip()):
+                if not run_command(session, message.strip(), options):
                     break
             except MixError as e:
                 if not interactive:

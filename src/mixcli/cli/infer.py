@@ -1,4 +1,4 @@
-"""`mix infer MODEL [IMAGE ...]`: run a model on images (PP-OCRv4 prints the text lines it reads)."""
+"""`mix infer MODEL [IMAGE|VIDEO ...]`: run a model on images or a video (PP-OCRv4 prints the text lines it reads)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import typer
 from ..errors import MixError
 from ..generation import SamplingConfig
 from ..registry import resolve_model
-from ..vlm import check_supported
+from ..vlm import VideoOptions, check_supported, split_inputs
 from . import output
-from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelArg, SeedOpt
+from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, FpsOpt, FramesOpt, JsonOpt, MaxFramesOpt, ModelArg, SeedOpt
 
 
 def _check_images(images: Optional[list[str]]) -> list[str]:
@@ -26,7 +26,10 @@ def _check_images(images: Optional[list[str]]) -> list[str]:
 ImagesArg = Annotated[
     Optional[list[str]],
     typer.Argument(
-        help="Image files (PNG, JPEG, ...), or - to read one from stdin.", show_default=False, callback=_check_images
+        help="Image files (PNG, JPEG, ...), - to read one from stdin, or one video "
+        "(mp4, mov, mkv, webm, avi, m4v, animated GIF/WebP).",
+        show_default=False,
+        callback=_check_images,
     ),
 ]
 QuestionOpt = Annotated[
@@ -35,7 +38,11 @@ QuestionOpt = Annotated[
 ]
 BatchOpt = Annotated[
     Optional[str],
-    typer.Option("--batch", help='JSONL requests, one {"images": [...], "question": "..."} per line; - for stdin.'),
+    typer.Option(
+        "--batch",
+        help='JSONL requests, one {"images": [...], "question": "..."} per line (optionally "video": PATH); '
+        "- for stdin.",
+    ),
 ]
 
 
@@ -51,17 +58,22 @@ def command(
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
     seed: SeedOpt = None,
     batch: BatchOpt = None,
-    video: Annotated[Optional[str], typer.Option("--video", help="A video (mp4, webm, GIF, ...) to ask about.")] = None,
-    frames: Annotated[int, typer.Option("--frames", help="Frames sampled uniformly from --video.")] = 8,
+    video: Annotated[
+        Optional[str], typer.Option("--video", help="A video to ask about (a video file works positionally too).")
+    ] = None,
+    fps: FpsOpt = None,
+    frames: FramesOpt = None,
+    max_frames: MaxFramesOpt = None,
     max_pixels: Annotated[
-        Optional[int], typer.Option("--max-pixels", help="Qwen2-VL: most pixels per image after resizing.")
+        Optional[int],
+        typer.Option("--max-pixels", help="Qwen2-VL: most pixels per image (and video frame) after resizing."),
     ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Answer a question about images (vision-language models), or read their text (OCR models)."""
+    """Answer a question about images or a video (vision-language models), or read their text (OCR models)."""
     ref = resolve_model(model)
     if ref.spec is not None and ref.spec.task == "ocr":
         return _run_ocr(ref.spec.alias, images or [], question, device, json_output)
@@ -71,12 +83,15 @@ def command(
     )
     sampling.validate()
     load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, max_pixels=max_pixels)  # for load_vlm
+    clip_options = VideoOptions(fps, frames, max_frames)
+    clip_options.validate()
     if batch is not None:
-        return _run_batch(model, batch, sampling, load)
-    if video is not None and images:
-        raise MixError("pass images or --video, not both", "ask about the video and the images separately")
-    question = _question(question, images or [])
-    _run_vlm(model, images or [], question, sampling, load, json_output, video, frames)
+        return _run_batch(model, batch, sampling, load, clip_options)
+    images, video = split_inputs(images or [], video)
+    if video is None and clip_options.given:
+        output.warn(f"{', '.join(clip_options.given)} ignored: no video given")
+    question = _question(question, images)
+    _run_vlm(model, images, question, sampling, load, json_output, video, clip_options)
 
 
 def _question(question: str | None, images: list[str]) -> str:
@@ -92,29 +107,30 @@ def _question(question: str | None, images: list[str]) -> str:
     return question.strip()
 
 
-def _run_vlm(model, images, question, sampling, load: dict, as_json: bool, video, frames: int) -> None:
-    """Answer one question about images or a video, streaming the text unless --json."""
+def _run_vlm(model, images, question, sampling, load: dict, as_json: bool, video, options: VideoOptions) -> None:
+    """Answer one question about images and/or a video, streaming the text unless --json."""
     from ..images import check_image_path, load_image
-    from ..video import read_frames
-    from ..vlm import answer, load_vlm, result_record
+    from ..video import probe
+    from ..vlm import answer, clip_record, load_vlm, read_clip, result_record
 
     for source in images:
         check_image_path(source)
-    clip = read_frames(video, frames) if video is not None else None
+    info = probe(video) if video is not None else None  # an unreadable video fails before the model loads
     loaded = load_vlm(model, **load)
+    clip = read_clip(loaded, info, options) if info is not None else None
     pictures = [load_image(source) for source in images]
     stream = None if as_json else output.stream
     result = answer(loaded, [(question, None)], pictures, sampling, on_text=stream, video=clip)
     if as_json:
-        output.emit_json(result_record(loaded, result))
+        output.emit_json(result_record(loaded, result) | ({"video": clip_record(clip)} if clip else {}))
     else:
         output.stream("\n")
 
 
-def _run_batch(model, batch, sampling, load: dict) -> None:
+def _run_batch(model, batch, sampling, load: dict, options: VideoOptions) -> None:
     """One JSON line per request; a failed request gets an error record and the command exits 1 at the end."""
     from ..images import load_image
-    from ..vlm import answer, load_vlm, read_batch, result_record
+    from ..vlm import answer, load_vlm, read_batch, read_clip, result_record
 
     requests = list(read_batch(batch))  # malformed lines fail before the model loads
     loaded = load_vlm(model, **load)
@@ -122,7 +138,8 @@ def _run_batch(model, batch, sampling, load: dict) -> None:
     for request in requests:
         try:
             pictures = [load_image(source) for source in request.images]
-            result = answer(loaded, [(request.question, None)], pictures, sampling)
+            clip = read_clip(loaded, request.video, options) if request.video is not None else None
+            result = answer(loaded, [(request.question, None)], pictures, sampling, video=clip)
         except MixError as e:
             failed += 1
             output.error(f"{batch}:{request.line}: {e}")

@@ -26,3 +26,26 @@ AllowPickleOpt = Annotated[
         help="Allow pickle-based weights (.pdparams, .bin); they can execute code when loaded.",
     ),
 ]
+FpsOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--fps",
+        help="Video: frames sampled per second of video (Qwen2-VL: default 2, at least 4 frames; "
+        "InternVL: duration x fps segments).",
+        show_default=False,
+    ),
+]
+FramesOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--frames", min=1, help="Video: sample this many frames, evenly spread (InternVL's default: 8).",
+        show_default=False,
+    ),
+]
+MaxFramesOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--max-frames", min=1, help="Video: sample at most this many frames (Qwen2-VL default: 768).",
+        show_default=False,
+    ),
+]

@@ -138,6 +138,8 @@ def sanitize(weights: dict, cfg: InternVLConfig) -> dict:
 class InternVL:
     """A loaded InternVL checkpoint: prompt building, embedding and the decode-loop interface."""
 
+    video_sampling = "segments"  # upstream load_video: the middle frame of equal spans
+
     def __init__(self, net: InternVLChat, tokenizer: TextTokenizer, path: Path):
         self.net, self.tokenizer, self.path = net, tokenizer, path
         self.config = net.config
@@ -151,8 +153,18 @@ class InternVL:
         ids = [self.tokenizer.token_id(self.template.stop_token), self.tokenizer.eos_token_id]
         return [i for i in dict.fromkeys(ids) if i is not None]
 
-    def prepare(self, turns: list[tuple[str, str | None]], images: list[Image.Image], max_tiles: int | None = None):
-        """Tokenized prompt for a conversation whose first question carries the images."""
+    def prepare(
+        self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None, max_tiles: int | None = None
+    ) -> Prompt:
+        """Tokenized prompt for a conversation whose first question carries the images; a video
+        (a mixcli.video.Clip) becomes one tile per frame with 'Frame{i}: ' prefixes (upstream's load_video)."""
+        if video is not None:
+            if images:
+                raise MixError(
+                    "InternVL takes images or a video in one conversation, not both",
+                    "ask about the video and the images separately",
+                )
+            turns, images, max_tiles = with_frames(turns, len(video.frames)), video.frames, 1
         tiles = [pixel_values(image, self.config, max_tiles) for image in images]
         if images and not any("<image>" in question for question, _ in turns):
             first, answer = turns[0]
@@ -160,19 +172,24 @@ class InternVL:
         text = build_prompt_text(self.config, turns, [len(t) for t in tiles])
         ids = self.tokenizer.encode(text)
         if len(ids) >= self.context_length:
+            fix = "fewer frames (--frames, --fps)" if video is not None else "fewer or smaller images (--max-tiles)"
             raise MixError(
                 f"the prompt needs {len(ids)} tokens but the model's context holds {self.context_length}",
-                "use fewer or smaller images (--max-tiles) or a shorter question",
+                f"use {fix} or a shorter question",
             )
         return Prompt(text=text, ids=ids, pixel_values=np.concatenate(tiles) if tiles else None)
 
     @staticmethod
+    def sample_video(source, fps: float | None = None, frames: int | None = None, max_frames: int | None = None):
+        """A video's frames as upstream's load_video takes them: `frames` segments (8 by default), or
+        duration x fps segments, at most max_frames."""
+        from ...video import sample_segments
+
+        return sample_segments(source, frames, fps, max_frames)
+
+    @staticmethod
     def question_with_images(question: str, n_images: int) -> str:
         return question_with_images(question, n_images)
-
-    def prepare_video(self, question: str, frames: list[Image.Image]) -> Prompt:
-        """A question about video frames: one tile per frame, 'Frame{i}: ' prefixes (upstream's load_video)."""
-        return self.prepare([(question_with_frames(question, len(frames)), None)], frames, max_tiles=1)
 
     def embed_prompt(self, prompt: Prompt) -> paddle.Tensor:
         return self.net.embed(prompt.ids, prompt.pixel_values, self.image_token_id)
@@ -188,6 +205,17 @@ class InternVL:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
+
+
+def with_frames(turns: list[tuple[str, str | None]], n_frames: int) -> list[tuple[str, str | None]]:
+    """The video's 'Frame{i}: <image>' lines at its <video> marker, else before the last question."""
+    marked = [i for i, (question, _) in enumerate(turns) if "<video>" in question]
+    if len(marked) > 1 or (marked and turns[marked[0]][0].count("<video>") > 1):
+        raise MixError("the question has more than one <video> marker", "pass one video per request")
+    frames = question_with_frames("", n_frames)
+    if marked:
+        return [(q.replace("<video>", frames), a) for q, a in turns]
+    return list(turns[:-1]) + [(frames + turns[-1][0], turns[-1][1])]
 
 
 def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False) -> InternVL:

@@ -21,6 +21,7 @@ from .processing import (
     IMAGE_PAD,
     VIDEO_PAD,
     ImageProcessorConfig,
+    VideoProcessorConfig,
     check_max_pixels,
     conversation,
     expand_pads,
@@ -32,19 +33,18 @@ from .processing import (
 )
 from .vision import VisionTransformer
 
-VIDEO_FPS = 2.0  # upstream Qwen2.5-VL processor's default fps when the caller names none
-
 
 @dataclass
 class Prompt:
-    """A tokenized request: text, ids, the flattened patches of its images or video and their grids."""
+    """A tokenized request: text, ids, and the flattened patches of its images and its video with their grids."""
 
     text: str
     ids: list[int]
-    pixel_values: np.ndarray | None  # (patches, C*Tp*P*P)
-    grid_thw: np.ndarray | None  # (inputs, 3)
-    video: bool = False
-    seconds_per_grid: float = 1.0  # video: seconds covered by one temporal patch (temporal_patch / fps)
+    pixel_values: np.ndarray | None  # images: (patches, C*Tp*P*P)
+    grid_thw: np.ndarray | None  # images: (n, 3)
+    pixel_values_videos: np.ndarray | None = None  # the video: (patches, C*Tp*P*P)
+    video_grid_thw: np.ndarray | None = None  # (1, 3)
+    second_per_grid_ts: float = 1.0  # video: seconds covered by one temporal patch (temporal_patch / sampled fps)
 
 
 @dataclass
@@ -65,13 +65,15 @@ class Qwen2VLNet(nn.Layer):
         self.visual = VisionTransformer(cfg.vision_config)
         self.language_model = CausalLM(cfg.text)
 
-    def embed(self, ids: list[int], pixel_values: np.ndarray | None, grid_thw, pad_id: int) -> paddle.Tensor:
-        """Token embeddings with every pad position replaced by a merged vision token, in order."""
+    def embed(self, ids: list[int], vision: list[tuple[np.ndarray | None, np.ndarray | None, int]]) -> paddle.Tensor:
+        """Token embeddings with every pad position replaced by a merged vision token, in order;
+        vision: (pixel values, grids, pad id) for the images and for the video, encoded apart as upstream does."""
         embeds = self.language_model.embed(paddle.to_tensor(np.asarray(ids, dtype=np.int64)[None]))  # (1, T, H)
-        if pixel_values is None:
-            return embeds
-        features = self.visual(paddle.to_tensor(pixel_values).astype(embeds.dtype), grid_thw)
-        return place_features(embeds, ids, pad_id, features)
+        for pixel_values, grid_thw, pad_id in vision:
+            if pixel_values is not None:
+                features = self.visual(paddle.to_tensor(pixel_values).astype(embeds.dtype), grid_thw)
+                embeds = place_features(embeds, ids, pad_id, features)
+        return embeds
 
 
 # transformers 5 saves model.language_model.* / model.visual.*; the published checkpoints model.* / visual.*.
@@ -100,45 +102,63 @@ def sanitize(weights: dict, cfg: Qwen2VLConfig) -> dict:
 class Qwen2VL:
     """A loaded Qwen2-VL / Qwen2.5-VL checkpoint: prompt building, embedding and the decode-loop interface."""
 
-    def __init__(self, net: Qwen2VLNet, tokenizer: TextTokenizer, path: Path, processor: ImageProcessorConfig):
+    video_sampling = "fps"  # frames by time, as qwen-vl-utils samples them
+
+    def __init__(
+        self, net: Qwen2VLNet, tokenizer: TextTokenizer, path: Path, processor: ImageProcessorConfig,
+        video_processor: VideoProcessorConfig | None = None,
+    ):
         self.net, self.tokenizer, self.path = net, tokenizer, Path(path)
         self.config = net.config
         self.processor = processor
         self.chat_template = load_chat_template(self.path)
         self.context_length = self.config.text.max_position_embeddings
+        self.video_processor = video_processor or VideoProcessorConfig.from_dir(self.path, self.context_length)
 
     @property
     def stop_token_ids(self) -> list[int]:
         ids = [self.tokenizer.token_id("<|im_end|>"), self.tokenizer.eos_token_id]
         return [i for i in dict.fromkeys(ids) if i is not None]
 
-    def prepare(self, turns: list[tuple[str, str | None]], images: list[Image.Image]) -> Prompt:
-        """Tokenized prompt for a conversation whose first question carries the images."""
+    def prepare(self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None) -> Prompt:
+        """Tokenized prompt for a conversation. Images belong to the first question and the video
+        (a mixcli.video.Clip: frames and their sampled fps) to the last, unless <image> / <video>
+        markers place them; upstream's processor takes both in one message."""
         patches = [image_patches(image, self.processor) for image in images]
-        text = render_chat(self.chat_template, conversation(turns, len(images)))
+        text = render_chat(self.chat_template, conversation(turns, len(images), video is not None))
         merge = self.processor.merge_size**2
         text = expand_pads(text, IMAGE_PAD, [int(np.prod(grid)) // merge for _, grid in patches])
         pixels = np.concatenate([p for p, _ in patches]) if patches else None
         grids = np.array([g for _, g in patches], dtype=np.int64) if patches else None
-        return self._tokenized(text, pixels, grids, video=False)
-
-    def prepare_video(self, question: str, frames: list[Image.Image], fps: float = VIDEO_FPS) -> Prompt:
-        """A question about frames sampled at fps, sent as one video input (temporal patches of two frames)."""
-        pixels, grid = video_patches(frames, self.processor)
-        text = render_chat(self.chat_template, conversation([(question, None)], 0, video=True))
-        text = expand_pads(text, VIDEO_PAD, [int(np.prod(grid)) // self.processor.merge_size**2])
-        prompt = self._tokenized(text, pixels, np.array([grid], dtype=np.int64), video=True)
-        prompt.seconds_per_grid = self.processor.temporal_patch_size / fps
+        prompt = Prompt(text, [], pixels, grids)
+        if video is not None:
+            prompt.pixel_values_videos, grid = video_patches(video.frames, self.processor, self.video_processor)
+            prompt.video_grid_thw = np.array([grid], dtype=np.int64)
+            prompt.second_per_grid_ts = self.processor.temporal_patch_size / video.fps
+        prompt.text = expand_pads(text, VIDEO_PAD, [] if video is None else [int(np.prod(grid)) // merge])
+        prompt.ids = self._token_ids(prompt.text, video is not None)
         return prompt
 
-    def _tokenized(self, text: str, pixels, grids, video: bool) -> Prompt:
+    def sample_video(self, source, fps: float | None = None, frames: int | None = None, max_frames: int | None = None):
+        """A video's frames as qwen-vl-utils samples them: `fps` per second of video (the processor's,
+        2.0 unless configured) or `frames` evenly spread, at most max_frames, in whole temporal patches."""
+        from ...video import sample_by_fps, sample_count
+
+        v, factor = self.video_processor, self.processor.temporal_patch_size
+        limit = v.max_frames if max_frames is None else max_frames
+        if frames is not None:
+            return sample_count(source, frames, limit, factor)
+        return sample_by_fps(source, v.fps if fps is None else fps, v.min_frames, limit, factor)
+
+    def _token_ids(self, text: str, video: bool) -> list[int]:
         ids = self.tokenizer.encode(text)
         if len(ids) >= self.context_length:
+            fix = "lower --fps or --max-frames" if video else "use fewer or smaller images"
             raise MixError(
                 f"the prompt needs {len(ids)} tokens but the model's context holds {self.context_length}",
-                "use fewer or smaller images (--max-pixels) or a shorter question",
+                f"{fix}, --max-pixels, or a shorter question",
             )
-        return Prompt(text, ids, pixels, grids, video)
+        return ids
 
     @staticmethod
     def question_with_images(question: str, n_images: int) -> str:
@@ -147,14 +167,17 @@ class Qwen2VL:
 
     def embed_prompt(self, prompt: Prompt) -> Embedded:
         cfg = self.config
-        pad = cfg.video_token_id if prompt.video else cfg.image_token_id
-        embeds = self.net.embed(prompt.ids, prompt.pixel_values, prompt.grid_thw, pad)
-        grids = [] if prompt.grid_thw is None else prompt.grid_thw.tolist()
-        vision = cfg.vision_config
-        scaled = prompt.video and vision.qwen2_5  # Qwen2.5-VL spaces video frames by time
-        interval = np.float32(vision.tokens_per_second) * np.float32(prompt.seconds_per_grid) if scaled else 1.0
-        vision_ids = {cfg.image_token_id, cfg.video_token_id}
-        positions, delta = rope_index(prompt.ids, grids, vision_ids, vision.spatial_merge_size, [interval] * len(grids))
+        vision = [
+            (prompt.pixel_values, prompt.grid_thw, cfg.image_token_id),
+            (prompt.pixel_values_videos, prompt.video_grid_thw, cfg.video_token_id),
+        ]
+        embeds = self.net.embed(prompt.ids, vision)
+        grids = {1: _rows(prompt.grid_thw), 2: _rows(prompt.video_grid_thw)}
+        v = cfg.vision_config
+        # Qwen2.5-VL spaces video frames by time: tokens_per_second x seconds per temporal patch, in float32.
+        interval = np.float32(v.tokens_per_second) * np.float32(prompt.second_per_grid_ts) if v.qwen2_5 else 1.0
+        types = {cfg.image_token_id: 1, cfg.video_token_id: 2}
+        positions, delta = rope_index(prompt.ids, types, grids, v.spatial_merge_size, [interval])
         return Embedded(embeds, positions, delta)
 
     def embed_tokens(self, ids: list[int]) -> paddle.Tensor:
@@ -177,20 +200,25 @@ class Qwen2VL:
         return self.tokenizer.decode(ids)
 
 
+def _rows(grids: np.ndarray | None) -> list[list[int]]:
+    return [] if grids is None else grids.tolist()
+
+
 def load(
     path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False, max_pixels: int | None = None
 ) -> Qwen2VL:
     """Build the network from config.json and load the published checkpoint into it;
-    max_pixels overrides preprocessor_config.json's."""
-    processor = ImageProcessorConfig.from_dir(Path(path))
-    if max_pixels is not None:
-        processor.max_pixels = max_pixels
-        check_max_pixels(processor)
+    max_pixels overrides preprocessor_config.json's and caps each video frame too."""
     cfg = Qwen2VLConfig.from_dict(config)
+    processor = ImageProcessorConfig.from_dir(Path(path))
+    video_processor = VideoProcessorConfig.from_dir(Path(path), cfg.text.max_position_embeddings)
+    if max_pixels is not None:
+        processor.max_pixels = video_processor.max_pixels_cap = max_pixels
+        check_max_pixels(processor)
     with paddle.LazyGuard():
         net = Qwen2VLNet(cfg)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
     load_into(net, sanitize(checkpoint, cfg), transpose=linear_weight_names(net), dtype=dtype, layout=checkpoint.layout)
     net.language_model.fuse()
     net.eval()
-    return Qwen2VL(net, TextTokenizer.from_dir(path), Path(path), processor)
+    return Qwen2VL(net, TextTokenizer.from_dir(path), Path(path), processor, video_processor)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +109,74 @@ def image_patches(image: Image.Image, cfg: ImageProcessorConfig) -> tuple[np.nda
     return patchify(np.repeat(normalized(image, cfg, size)[None], cfg.temporal_patch_size, axis=0), cfg)
 
 
-def video_patches(frames: list[Image.Image], cfg: ImageProcessorConfig) -> tuple[np.ndarray, list[int]]:
-    """Frames resized to the first frame's smart_resize size, grouped by the temporal patch."""
+@dataclass
+class VideoProcessorConfig:
+    """Qwen2VLVideoProcessor's settings: from processor_config.json's "video_processor" or
+    video_preprocessor_config.json (transformers' order); with neither, qwen-vl-utils' defaults
+    (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS, FPS, FPS_MIN/MAX_FRAMES), which are also the video
+    processor's class defaults. Frames share a total budget of 90 % of max_video_tokens tokens
+    (cap_pixels_per_frame); max_video_tokens defaults to the model's context, at most 128000."""
+
+    min_pixels: int = 128 * 28 * 28
+    max_pixels: int = 768 * 28 * 28
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 768
+    max_video_tokens: int | None = 128000  # None: no total budget (cap_pixels_per_frame false)
+    max_pixels_cap: int | None = None  # --max-pixels: lowers the per-frame cap, applied last as qwen-vl-utils does
+
+    @classmethod
+    def from_dir(cls, folder: Path, context_length: int = 128000) -> "VideoProcessorConfig":
+        data = _video_processor_dict(folder)
+        size = data.get("size") or {}
+        values = {k: data[k] for k in ("fps", "min_frames", "max_frames") if data.get(k) is not None}
+        values["min_pixels"] = data.get("min_pixels") or size.get("shortest_edge") or cls.min_pixels
+        values["max_pixels"] = data.get("max_pixels") or size.get("longest_edge") or cls.max_pixels
+        tokens = data.get("max_video_tokens") or min(context_length, 128000)
+        values["max_video_tokens"] = None if data.get("cap_pixels_per_frame") is False else tokens
+        return cls(**values)
+
+
+def _video_processor_dict(folder: Path) -> dict:
+    nested = folder / "processor_config.json"
+    if nested.exists():
+        video = json.loads(nested.read_text(encoding="utf-8")).get("video_processor")
+        if isinstance(video, dict):
+            return video
+    file = folder / "video_preprocessor_config.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+
+
+def video_frame_size(
+    height: int, width: int, frames: int, cfg: ImageProcessorConfig, video: VideoProcessorConfig
+) -> tuple[int, int]:
+    """Qwen2VLVideoProcessor.resize with cap_pixels_per_frame: each frame gets at most an even share
+    of the total budget (per temporal patch), never below 1.05 x min_pixels; then smart_resize.
+    --max-pixels lowers the cap last (qwen-vl-utils' order), and min_pixels with it when below."""
+    factor, min_pixels, max_pixels = cfg.factor, video.min_pixels, video.max_pixels
+    if video.max_video_tokens:
+        total = int(video.max_video_tokens * factor * factor * 0.9)
+        max_pixels = max(min(max_pixels, total * cfg.temporal_patch_size // frames), int(min_pixels * 1.05))
+    if video.max_pixels_cap is not None:
+        max_pixels = min(max_pixels, video.max_pixels_cap)
+        min_pixels = min(min_pixels, max_pixels)
+    return smart_resize(height, width, factor, min_pixels, max_pixels)
+
+
+def video_patches(
+    frames: list[Image.Image], cfg: ImageProcessorConfig, video: VideoProcessorConfig
+) -> tuple[np.ndarray, list[int]]:
+    """Frames resized to one size (bicubic), normalized as the video processor's fused rescale and
+    normalize does ((x - 255 mean) / (255 std) in float32), grouped by the temporal patch."""
     for frame in frames:
         check_image(frame, cfg)
     first = frames[0]
-    size = smart_resize(first.height, first.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
-    return patchify(np.stack([normalized(f, cfg, size) for f in frames]), cfg)
+    height, width = video_frame_size(first.height, first.width, len(frames), cfg, video)
+    mean = np.asarray(cfg.image_mean, np.float32) * np.float32(255)
+    std = np.asarray(cfg.image_std, np.float32) * np.float32(255)
+    stack = np.stack([np.asarray(f.convert("RGB").resize((width, height), Image.BICUBIC)) for f in frames])
+    normalized = (stack.astype(np.float32) - mean) / std  # (T, H, W, C)
+    return patchify(normalized.transpose(0, 3, 1, 2), cfg)
 
 
 # --------------------------------------------------------------------------- chat template
@@ -150,34 +213,38 @@ def render_chat(template: str, messages: list[dict], **extra) -> str:
 
 
 def user_content(question: str, n_images: int, video: bool = False) -> list[dict]:
-    """A question as content parts: each '<image>' marker becomes an image part; with no markers
-    the images (or the video) come first, as in the model card's messages."""
-    if video:
-        return [{"type": "video"}, {"type": "text", "text": question}]
-    markers = question.count("<image>")
-    if markers == 0:
-        return [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
-    parts: list[dict] = []
-    for i, piece in enumerate(question.split("<image>")):
-        if i:
-            parts.append({"type": "image"})
-        if piece:
+    """A question as content parts: each '<image>' marker becomes an image part and a '<video>'
+    marker the video part; unplaced images (n_images) and an unplaced video come first, in that
+    order, as in the model card's messages."""
+    parts: list[dict] = [{"type": "image"}] * n_images + ([{"type": "video"}] if video else [])
+    for piece in re.split(r"(<image>|<video>)", question):
+        if piece in ("<image>", "<video>"):
+            parts.append({"type": piece[1:-1]})
+        elif piece:
             parts.append({"type": "text", "text": piece})
     return parts
 
 
 def conversation(turns: list[tuple[str, str | None]], n_images: int, video: bool = False) -> list[dict]:
-    """Chat messages for the turns; the images (or video) belong to the first question unless placed by markers."""
+    """Chat messages for the turns. Images belong to the first question and the video to the last,
+    unless '<image>' / '<video>' markers place them."""
     placed = sum(q.count("<image>") for q, _ in turns)
     if placed and placed != n_images:
         raise MixError(
             f"the question has {placed} <image> markers for {n_images} images",
             "use one <image> per image, or none to put the images before the question",
         )
+    videos = sum(q.count("<video>") for q, _ in turns)
+    if videos > int(video):
+        raise MixError(
+            f"the question has {videos} <video> markers for {int(video)} videos",
+            "pass one video per request, with at most one <video> marker",
+        )
     messages = []
     for i, (question, answer) in enumerate(turns):
         count = n_images if (i == 0 and not placed) else 0
-        messages.append({"role": "user", "content": user_content(question, count, video and i == len(turns) - 1)})
+        unplaced_video = video and not videos and i == len(turns) - 1
+        messages.append({"role": "user", "content": user_content(question, count, unplaced_video)})
         if answer is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
@@ -200,30 +267,31 @@ def expand_pads(text: str, pad: str, counts: list[int]) -> str:
 
 
 def rope_index(
-    ids: list[int], grids: list[list[int]], vision_ids: set[int], merge: int, intervals: list[float] | None = None
+    ids: list[int], types: dict[int, int], grids: dict[int, list], merge: int, intervals: list[float] | None = None
 ) -> tuple[np.ndarray, int]:
     """(3, T) M-RoPE positions and the decode delta (upstream get_rope_index with mm_token_type_ids):
-    text counts up by one; a run of vision tokens gets (t, h, w) grid positions from the running
-    start, after which text resumes at start + max(h, w) / merge. intervals: the temporal step per
-    grid (Qwen2.5-VL videos: tokens_per_second * seconds per temporal patch; else 1)."""
-    is_vision = np.isin(np.asarray(ids), list(vision_ids))
-    parts, pos, i, grid_iter = [], 0, 0, iter(grids)
-    interval_iter = iter(intervals or [1.0] * len(grids))
-    while i < len(ids):
-        j = i
-        while j < len(ids) and is_vision[j] == is_vision[i]:
-            j += 1
-        if not is_vision[i]:
-            parts.append(np.broadcast_to(np.arange(pos, pos + j - i), (3, j - i)))
-            pos += j - i
-        else:
-            t, h, w = next(grid_iter)
-            gh, gw = h // merge, w // merge
-            # Upstream scales the temporal index in float32 and truncates (torch .long()).
-            steps = (np.arange(t, dtype=np.float32) * np.float32(next(interval_iter))).astype(np.int64)
-            tt, hh, ww = np.meshgrid(steps, np.arange(gh), np.arange(gw), indexing="ij")
-            parts.append(np.stack([tt, hh, ww]).reshape(3, -1) + pos)
-            pos += max(h, w) // merge
-        i = j
+    text counts up by one; each run of one input's pad tokens gets (t, h, w) grid positions from the
+    running start, after which text resumes at start + max(h, w) / merge.
+
+    types: pad token id -> modality (1 image, 2 video); grids: modality -> its inputs' [t, h, w] in
+    order; intervals: the temporal step of each video (Qwen2.5-VL: tokens_per_second x seconds per
+    temporal patch; else 1; images always 1)."""
+    kinds = [types.get(token, 0) for token in ids]
+    grid_iters = {kind: iter(items) for kind, items in grids.items()}
+    interval_iter = iter(intervals or [])
+    parts, pos = [], 0
+    for kind, run in itertools.groupby(kinds):
+        length = len(list(run))
+        if kind == 0:
+            parts.append(np.broadcast_to(np.arange(pos, pos + length), (3, length)))
+            pos += length
+            continue
+        t, h, w = next(grid_iters[kind])
+        interval = next(interval_iter, 1.0) if kind == 2 else 1.0
+        # Upstream scales the temporal index in float32 and truncates (torch .long()).
+        steps = (np.arange(t, dtype=np.float32) * np.float32(interval)).astype(np.int64)
+        tt, hh, ww = np.meshgrid(steps, np.arange(h // merge), np.arange(w // merge), indexing="ij")
+        parts.append(np.stack([tt, hh, ww]).reshape(3, -1) + pos)
+        pos += max(h, w) // merge
     positions = np.concatenate(parts, axis=1) if parts else np.zeros((3, 0), dtype=np.int64)
     return positions, int(positions.max()) + 1 - len(ids) if len(ids) else 0
