@@ -6,7 +6,6 @@ import json
 import sys
 
 import paddle
-import pytest
 
 from mixcli import envcheck, runtime
 
@@ -84,18 +83,3 @@ def test_single_thread_setting_is_flagged(monkeypatch):
     threads = envcheck.check_threads(True, found)
     assert threads["OMP_NUM_THREADS"] == "1" and threads["paddle"] == 1 and threads["cores"] == 8
     assert "runs on one thread" in found[0].problem and "set it to 8" in found[0].fix
-
-
-EXT_MODULES = [("VALUE = 1\n", "loadable"), ("raise ImportError('undefined symbol: foo')\n", "broken")]
-
-
-@pytest.mark.parametrize("body, status", EXT_MODULES)
-def test_ext_module_is_reported(tmp_path, monkeypatch, body, status):
-    (tmp_path / "mixcli_ext.py").write_text(body)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "mixcli_ext", raising=False)
-    found: list[envcheck.Problem] = []
-    ext = envcheck.check_ext(True, found)
-    assert ext["status"] == status and ext["path"] == str(tmp_path / "mixcli_ext.py")
-    assert [p.level for p in found] == ([] if status == "loadable" else ["warning"])
-    sys.modules.pop("mixcli_ext", None)

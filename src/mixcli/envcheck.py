@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import platform
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from .paths import mix_home
@@ -153,32 +150,25 @@ def check_threads(paddle_ok: bool, problems: list[Problem]) -> dict:
     return report
 
 
-def ext_build_dir() -> Path:
-    """Where ``ext/`` builds its ops in a source checkout."""
-    return Path(__file__).resolve().parents[2] / "ext" / "build"
-
-
 def check_ext(paddle_ok: bool, problems: list[Problem]) -> dict:
-    """Whether the compiled fused ops (module ``mixcli_ext``) are present and load."""
-    build = ext_build_dir()
-    outputs = sorted(p.name for p in build.rglob("*.so")) if build.is_dir() else []
-    report: dict[str, Any] = {"module": "mixcli_ext", "status": "missing", "path": None, "build_outputs": outputs}
-    spec = importlib.util.find_spec("mixcli_ext")
-    if spec is None:
-        fix = "nothing to do: the fused ops of ext/ are optional and not built on this machine"
-        problems.append(Problem("compiled ext ops are not built; the pure-Paddle fallback is used", fix, "note"))
-        return report
-    report["path"] = spec.origin
+    """Each compiled fused op (ext/) for this machine: loadable, built, broken or missing."""
     if not paddle_ok:
-        report["status"] = "unchecked"
-        return report
-    try:
-        importlib.import_module("mixcli_ext")
-        report["status"] = "loadable"
-    except Exception as e:  # a stale or mismatched build: fall back, but say so
-        report["status"], report["error"] = "broken", _first_line(e)
-        fix = "rebuild the ext ops for this Paddle, or delete the build"
-        problems.append(Problem(f"mixcli_ext does not load ({report['error']}); the pure-Paddle fallback is used", fix))
+        return {"status": "unchecked", "enabled": None, "ops": {}, "path": None, "error": None}
+    from .ext.status import status
+
+    report = status()
+    state, error = report["status"], report["error"]
+    if not report["enabled"]:
+        problems.append(Problem("the fused ops are turned off (MIX_EXT=0)", "unset MIX_EXT to use them", "note"))
+    elif state == "missing":
+        fix = "nothing to do: they build on first use (about 20 s), or now with `mix ext build`"
+        problems.append(Problem("compiled ext ops are not built; the pure-Paddle fallback is used", fix, "note"))
+    elif state == "failed":
+        fix = "install a C++ compiler (g++) and run `mix ext build`, or set MIX_EXT=0"
+        problems.append(Problem(f"the fused ops failed to build ({error}); the pure-Paddle fallback is used", fix))
+    elif state == "broken":
+        fix = "rebuild them: mix ext build --force"
+        problems.append(Problem(f"the fused ops do not load ({error}); the pure-Paddle fallback is used", fix))
     return report
 
 
@@ -224,6 +214,14 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB free"
 
 
+def _ext_row(ext: dict) -> str:
+    if ext["status"] not in ("loadable", "built"):
+        return f"{ext['status']} (pure-Paddle fallback)"
+    ready = [op for op, state in ext["ops"].items() if state == ext["status"]]
+    off = "" if ext["enabled"] else ", turned off by MIX_EXT=0"
+    return f"{ext['status']} on {'+'.join(ext['devices'])}: {' '.join(ready)}{off}"
+
+
 def summary_rows(report: dict) -> list[tuple[str, str]]:
     """The report as (item, value) rows for a human-readable table."""
     py, paddle, threads, ext = report["python"], report["paddle"], report["threads"], report["ext"]
@@ -237,7 +235,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows += [(f"device {d['name']}", "ok" if d["ok"] else f"FAILED: {d['error']}") for d in paddle["devices"]]
     omp, mkl = threads["OMP_NUM_THREADS"], threads["MKL_NUM_THREADS"]
     rows.append(("threads", f"OMP {omp}, MKL {mkl}, paddle {threads['paddle']} ({threads['cores']} cores)"))
-    rows.append(("ext ops", ext["status"] + (" (pure-Paddle fallback)" if ext["status"] != "loadable" else "")))
+    rows.append(("ext ops", _ext_row(ext)))
     rows += [(name, version) for name, version in report["packages"].items() if version]
     rows.append(("cache", f"{report['cache']['path']} ({_gib(report['cache']['free_bytes'])})"))
     hub = report["hub"]

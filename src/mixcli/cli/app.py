@@ -16,7 +16,7 @@ from .errors import handle_errors
 COMMANDS: list[tuple[str, str]] = [
     ("download", "download"), ("check_env", "check-env"), ("infer", "infer"), ("chat", "chat"), ("generate", "generate"),
 ]
-GROUPS: list[tuple[str, str]] = [("models", "models"), ("datacopilot", "datacopilot")]
+GROUPS: list[tuple[str, str]] = [("models", "models"), ("datacopilot", "datacopilot"), ("ext", "ext")]
 
 app = typer.Typer(
     name="mix",

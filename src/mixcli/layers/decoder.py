@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 
+from .. import ext
 from .attention import attention
 from .cache import KVCache
 from .fastdecode import NumpyDecoder, view
@@ -81,9 +81,10 @@ class Attention(nn.Layer):
     def forward(self, x, cos, sin, mask, cache: KVCache, layer: int):
         b, t, _ = x.shape
         qk, v = self.project(x)
-        # Head-major copies: Paddle's ops run several times slower on strided views.
-        qk = qk.reshape([b, t, self.h + self.hkv, self.d]).transpose([0, 2, 1, 3]).contiguous()  # (B, H+Hkv, T, D)
-        q, k = paddle.split(apply_rotary(qk, cos, sin), [self.h, self.hkv], axis=1)  # one rotation for both
+        # Head-major copies: Paddle's ops run several times slower on strided views. One rotation for q
+        # and k, which also makes their head-major copy (B, H+Hkv, T, D).
+        qk = apply_rotary(qk.reshape([b, t, self.h + self.hkv, self.d]), cos, sin, token_major=True)
+        q, k = paddle.split(qk, [self.h, self.hkv], axis=1)
         v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3]).contiguous()  # (B, Hkv, T, D)
         k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
         out = grouped_attention(q, k, v, mask, self.hkv)
@@ -120,14 +121,17 @@ class MLP(nn.Layer):
 
     def forward(self, x):
         if hasattr(self, "gate_up_proj"):
-            gate, up = paddle.chunk(self.gate_up_proj(x), 2, axis=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(ext.swiglu(self.gate_up_proj(x)))  # gate and up side by side
+        return self.down_proj(ext.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Layer):
-    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)).
+
+    Each residual add is folded into the norm that follows it (ext.add_rms_norm): a block takes the
+    previous block's output and the residual stream before that add, and returns the same pair; the
+    first block gets residual None, and the final norm makes the last add.
+    """
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -136,9 +140,14 @@ class DecoderLayer(nn.Layer):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, mask, cache, layer):
+        if residual is None:
+            normed, residual = self.input_layernorm(x), x
+        else:
+            normed, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(normed, cos, sin, mask, cache, layer)
+        normed, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(normed), residual
 
 
 class DecoderBody(nn.Layer):
@@ -201,11 +210,11 @@ class CausalLM(nn.Layer):
         else:
             cos, sin = self.rotary(past + position_offset, t, embeds.dtype)
         mask = causal_mask(t, past, embeds.dtype) if t > 1 else None
-        x = embeds
+        x, residual = embeds, None
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x, residual = layer(x, residual, cos, sin, mask, cache, i)
         cache.advance(t)
-        return self.model.norm(x)
+        return self.model.norm(x) if residual is None else self.model.norm.add_forward(x, residual)[0]
 
     def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         if self.config.tie_word_embeddings:

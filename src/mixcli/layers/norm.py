@@ -1,9 +1,12 @@
-"""RMSNorm computed in float32, as the Llama/Qwen2/InternLM2 references do."""
+"""RMSNorm (statistics in float32, as the Llama/Qwen2/InternLM2 references compute them) and LayerNorm,
+both on the fused ops of ``mixcli.ext`` when compiled."""
 
 from __future__ import annotations
 
 import paddle
 from paddle import nn
+
+from .. import ext
 
 
 class RMSNorm(nn.Layer):
@@ -15,8 +18,21 @@ class RMSNorm(nn.Layer):
         self.weight = self.create_parameter([dim], default_initializer=nn.initializer.Constant(1.0))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        dtype = x.dtype
-        x32 = x.astype("float32")
-        variance = x32.pow(2).mean(-1, keepdim=True)
-        x32 = x32 * paddle.rsqrt(variance + self.eps)
-        return self.weight * x32.astype(dtype)
+        return ext.rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: paddle.Tensor, residual: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """(norm(x + residual), x + residual) in one pass: a residual add followed by this norm."""
+        return ext.add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class LayerNorm(nn.Layer):
+    """nn.LayerNorm over the last axis (same parameter names: weight, bias) on the fused op."""
+
+    def __init__(self, dim: int, epsilon: float = 1e-5):
+        super().__init__()
+        self.eps = epsilon
+        self.weight = self.create_parameter([dim], default_initializer=nn.initializer.Constant(1.0))
+        self.bias = self.create_parameter([dim], is_bias=True)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return ext.layer_norm(x, self.weight, self.bias, self.eps)

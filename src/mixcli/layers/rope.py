@@ -1,10 +1,14 @@
-"""Rotary position embeddings (the rotate-half convention of Llama/Qwen2/InternLM2)."""
+"""Rotary position embeddings (the rotate-half convention of Llama/Qwen2/InternLM2), applied with the
+fused op of ``mixcli.ext`` when compiled."""
 
 from __future__ import annotations
 
 import numpy as np
 import paddle
 from paddle import nn
+
+from .. import ext
+from ..ext.reference import rotate_half  # noqa: F401  (re-exported: the vision towers rotate with it)
 
 
 class RotaryEmbedding(nn.Layer):
@@ -33,18 +37,10 @@ class RotaryEmbedding(nn.Layer):
         """cos, sin (T, D) for 3-D (temporal, height, width) positions (3, T): frequency chunk i of
         `section` takes its angle from component i % 3 (Qwen2-VL's M-RoPE, recomposition_frequencies)."""
         pos = paddle.to_tensor(np.asarray(positions, dtype=np.float32))  # (3, T)
-        freqs = pos.unsqueeze(-1) * self.inv_freq  # (3, T, D/2)
-        chunks = paddle.split(freqs, section, axis=-1)
-        freqs = paddle.concat([chunk[i % 3] for i, chunk in enumerate(chunks)], axis=-1)  # (T, D/2)
-        emb = paddle.concat([freqs, freqs], axis=-1)
-        return emb.cos().astype(dtype), emb.sin().astype(dtype)
+        cos, sin = ext.rotary_tables(pos, self.inv_freq, section)
+        return cos.astype(dtype), sin.astype(dtype)
 
 
-def rotate_half(x: paddle.Tensor) -> paddle.Tensor:
-    half = x.shape[-1] // 2
-    return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
-
-
-def apply_rotary(x: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor) -> paddle.Tensor:
-    """x: (B, H, T, D); cos/sin: (T, D)."""
-    return x * cos + rotate_half(x) * sin
+def apply_rotary(x: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor, token_major: bool = False) -> paddle.Tensor:
+    """x: (B, H, T, D), or (B, T, H, D) when token_major (returned as (B, H, T, D)); cos/sin: (T, D)."""
+    return ext.rotary(x, cos, sin, token_major)

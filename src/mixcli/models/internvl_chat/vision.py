@@ -7,12 +7,12 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ...layers.attention import attention
-from ...layers.norm import RMSNorm
+from ...layers.norm import LayerNorm, RMSNorm
 from .config import VisionConfig
 
 
 def make_norm(cfg: VisionConfig, dim: int) -> nn.Layer:
-    return RMSNorm(dim, cfg.layer_norm_eps) if cfg.norm_type == "rms_norm" else nn.LayerNorm(dim, cfg.layer_norm_eps)
+    return RMSNorm(dim, cfg.layer_norm_eps) if cfg.norm_type == "rms_norm" else LayerNorm(dim, cfg.layer_norm_eps)
 
 
 class VisionEmbeddings(nn.Layer):

@@ -1,0 +1,332 @@
+// Fused-op kernels for the CPU: row loops the compiler vectorises, rows spread over OpenMP threads.
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MIX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MIX_CLONES
+#endif
+
+namespace mix {
+namespace {
+
+// Below this much work (values x a cost factor per op) a call runs on the calling thread: waking the
+// sleeping pool (KMP_BLOCKTIME=0) costs 10-30 us here, more than a decode step's op of 1-18k values.
+constexpr int64_t kParallelWork = 1 << 18;
+
+int threads_for(int64_t work) {
+#ifdef _OPENMP
+  return work >= kParallelWork ? omp_get_max_threads() : 1;
+#else
+  (void)work;
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// exp(x) for float, branch-free so that loops calling it vectorise (Cephes expf: a degree-6 polynomial
+// on the reduced argument, about 1 ulp); inputs are clamped to the finite range of float. The clamps
+// vectorise only under -fno-trapping-math, which the build passes.
+inline float vexp(float x) {
+  x = x < -87.33f ? -87.33f : x;
+  x = x > 88.72f ? 88.72f : x;
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return y * __builtin_bit_cast(float, bits);
+}
+
+MIX_CLONES float sum_squares(const float* __restrict x, int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * x[i];
+  return acc;
+}
+
+MIX_CLONES float add_sum_squares(const float* __restrict x, const float* __restrict r, float* __restrict s,
+                                 int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] + r[i];
+    s[i] = v;
+    acc += v * v;
+  }
+  return acc;
+}
+
+MIX_CLONES void scale_row(const float* __restrict x, const float* __restrict w, float* __restrict y, float r,
+                          int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
+}
+
+MIX_CLONES void rms_bwd_row(const float* __restrict x, const float* __restrict w, float r,
+                            const float* __restrict dy, float* __restrict dx, float* __restrict dw, int64_t n) {
+  // y = w x r, r = (mean(x^2) + eps)^-1/2  =>  dx = r g - x r^3 mean(g x), g = dy w.
+  float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t i = 0; i < n; ++i) dot += dy[i] * w[i] * x[i];
+  float c = r * r * r * dot / static_cast<float>(n);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    dx[i] = r * dy[i] * w[i] - c * x[i];
+    dw[i] += dy[i] * x[i] * r;
+  }
+}
+
+MIX_CLONES void layer_norm_row(const float* __restrict x, const float* __restrict w, const float* __restrict b,
+                               float* __restrict y, float* mean_out, float* rstd_out, int64_t n, float eps) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  float mean = sum / static_cast<float>(n);
+  float var = 0.f;  // two passes: E[(x - mean)^2] keeps precision when |mean| >> std
+#pragma omp simd reduction(+ : var)
+  for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  float r = 1.0f / std::sqrt(var / static_cast<float>(n) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * r * w[i] + b[i];
+  *mean_out = mean;
+  *rstd_out = r;
+}
+
+MIX_CLONES void layer_norm_bwd_row(const float* __restrict x, const float* __restrict w, float mean, float r,
+                                   const float* __restrict dy, float* __restrict dx, float* __restrict dw,
+                                   float* __restrict db, int64_t n) {
+  // xhat = (x - mean) r, g = dy w  =>  dx = r (g - mean(g) - xhat mean(g xhat)).
+  float sg = 0.f, sgx = 0.f;
+#pragma omp simd reduction(+ : sg, sgx)
+  for (int64_t i = 0; i < n; ++i) {
+    float g = dy[i] * w[i];
+    sg += g;
+    sgx += g * (x[i] - mean) * r;
+  }
+  float inv_n = 1.0f / static_cast<float>(n);
+  sg *= inv_n;
+  sgx *= inv_n;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float xhat = (x[i] - mean) * r;
+    dx[i] = r * (dy[i] * w[i] - sg - xhat * sgx);
+    dw[i] += dy[i] * xhat;
+    db[i] += dy[i];
+  }
+}
+
+MIX_CLONES void rotate_row(const float* __restrict x, const float* __restrict c, const float* __restrict s,
+                           float* __restrict y, int64_t half) {
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) y[i] = x[i] * c[i] - x[i + half] * s[i];
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+}
+
+MIX_CLONES void rotate_row_bwd(const float* __restrict g, const float* __restrict c, const float* __restrict s,
+                               float* __restrict dx, int64_t half) {
+  // The transpose of y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2.
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) dx[i] = g[i] * c[i] + g[i + half] * s[i + half];
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) dx[i + half] = g[i + half] * c[i + half] - g[i] * s[i];
+}
+
+MIX_CLONES void swiglu_row(const float* __restrict g, const float* __restrict u, float* __restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = g[i] / (1.0f + vexp(-g[i])) * u[i];
+}
+
+MIX_CLONES void swiglu_bwd_row(const float* __restrict g, const float* __restrict u, const float* __restrict dy,
+                               float* __restrict dg, float* __restrict du, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float sig = 1.0f / (1.0f + vexp(-g[i]));
+    du[i] = dy[i] * g[i] * sig;
+    dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+  }
+}
+
+MIX_CLONES void quick_gelu_span(const float* __restrict x, float* __restrict y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + vexp(-1.702f * x[i]));
+}
+
+MIX_CLONES void quick_gelu_bwd_span(const float* __restrict x, const float* __restrict dy, float* __restrict dx,
+                                    int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float sig = 1.0f / (1.0f + vexp(-1.702f * x[i]));
+    dx[i] = dy[i] * (sig + 1.702f * x[i] * sig * (1.0f - sig));
+  }
+}
+
+// Runs f(start, length) over count values in spans of whole cache lines, spread over the threads.
+template <typename F>
+void over_spans(int64_t count, int64_t cost, F f) {
+  constexpr int64_t kSpan = 4096;
+  int64_t spans = (count + kSpan - 1) / kSpan;
+#pragma omp parallel for schedule(static) num_threads(threads_for(count * cost))
+  for (int64_t i = 0; i < spans; ++i) f(i * kSpan, std::min(kSpan, count - i * kSpan));
+}
+
+// Sums per-thread partial gradients (threads x n) into out (n).
+void reduce_partials(const std::vector<float>& partial, int threads, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = 0.f;
+  for (int t = 0; t < threads; ++t) {
+    const float* p = partial.data() + static_cast<size_t>(t) * n;
+    for (int64_t i = 0; i < n; ++i) out[i] += p[i];
+  }
+}
+
+}  // namespace
+
+void rms_norm_fwd(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t n, float eps) {
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * n))
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float inv = 1.0f / std::sqrt(sum_squares(xr, n) / static_cast<float>(n) + eps);
+    scale_row(xr, w, y + r * n, inv, n);
+    rstd[r] = inv;
+  }
+}
+
+void add_rms_norm_fwd(const float* x, const float* residual, const float* w, float* y, float* sum, float* rstd,
+                      int64_t rows, int64_t n, float eps) {
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * n))
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = sum + r * n;
+    float inv = 1.0f / std::sqrt(add_sum_squares(x + r * n, residual + r * n, sr, n) / static_cast<float>(n) + eps);
+    scale_row(sr, w, y + r * n, inv, n);
+    rstd[r] = inv;
+  }
+}
+
+void rms_norm_bwd(const float* x, const float* w, const float* rstd, const float* dy, float* dx, float* dw,
+                  int64_t rows, int64_t n) {
+  int threads = threads_for(rows * n);
+  std::vector<float> partial(static_cast<size_t>(threads) * n, 0.f);
+#pragma omp parallel num_threads(threads)
+  {
+    float* mine = partial.data() + static_cast<size_t>(thread_id()) * n;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) rms_bwd_row(x + r * n, w, rstd[r], dy + r * n, dx + r * n, mine, n);
+  }
+  reduce_partials(partial, threads, n, dw);
+}
+
+void layer_norm_fwd(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                    int64_t rows, int64_t n, float eps) {
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * n))
+  for (int64_t r = 0; r < rows; ++r) layer_norm_row(x + r * n, w, b, y + r * n, mean + r, rstd + r, n, eps);
+}
+
+void layer_norm_bwd(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                    float* dx, float* dw, float* db, int64_t rows, int64_t n) {
+  int threads = threads_for(rows * n);
+  std::vector<float> pw(static_cast<size_t>(threads) * n, 0.f), pb(static_cast<size_t>(threads) * n, 0.f);
+#pragma omp parallel num_threads(threads)
+  {
+    size_t offset = static_cast<size_t>(thread_id()) * n;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+      layer_norm_bwd_row(x + r * n, w, mean[r], rstd[r], dy + r * n, dx + r * n, pw.data() + offset,
+                         pb.data() + offset, n);
+  }
+  reduce_partials(pw, threads, n, dw);
+  reduce_partials(pb, threads, n, db);
+}
+
+// Calls f(row of x's layout, row of the (B, S, T) layout, t) for every row, in x's order (contiguous reads).
+template <typename F>
+void over_rotary_rows(int64_t b, int64_t s, int64_t t, int64_t d, bool token_major, F f) {
+  int64_t rows = b * s * t;
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * d))
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t bi = r / (s * t), ti, si;
+    if (token_major) {
+      ti = (r / s) % t;
+      si = r % s;
+    } else {
+      si = (r / t) % s;
+      ti = r % t;
+    }
+    f(r, (bi * s + si) * t + ti, ti);
+  }
+}
+
+void rotary(const float* x, const float* cos, const float* sin, float* out, int64_t b, int64_t s, int64_t t,
+            int64_t d, bool token_major) {
+  over_rotary_rows(b, s, t, d, token_major, [=](int64_t src, int64_t dst, int64_t ti) {
+    rotate_row(x + src * d, cos + ti * d, sin + ti * d, out + dst * d, d / 2);
+  });
+}
+
+void rotary_bwd(const float* dout, const float* cos, const float* sin, float* dx, int64_t b, int64_t s, int64_t t,
+                int64_t d, bool token_major) {
+  over_rotary_rows(b, s, t, d, token_major, [=](int64_t src, int64_t dst, int64_t ti) {
+    rotate_row_bwd(dout + dst * d, cos + ti * d, sin + ti * d, dx + src * d, d / 2);
+  });
+}
+
+void rotary_tables(const float* positions, const float* inv_freq, const std::vector<int>& section, float* cos,
+                   float* sin, int64_t p, int64_t t, int64_t d) {
+  int64_t half = d / 2;
+  std::vector<int64_t> component(half, 0);
+  int64_t j = 0;
+  for (size_t k = 0; k < section.size(); ++k)
+    for (int i = 0; i < section[k] && j < half; ++i) component[j++] = static_cast<int64_t>(k) % p;
+#pragma omp parallel for schedule(static) num_threads(threads_for(t * d * 8))
+  for (int64_t ti = 0; ti < t; ++ti) {
+    for (int64_t i = 0; i < half; ++i) {
+      float angle = positions[component[i] * t + ti] * inv_freq[i];
+      float c = std::cos(angle), s = std::sin(angle);
+      cos[ti * d + i] = cos[ti * d + i + half] = c;
+      sin[ti * d + i] = sin[ti * d + i + half] = s;
+    }
+  }
+}
+
+void swiglu(const float* gate, const float* up, float* out, int64_t rows, int64_t n, int64_t gate_stride,
+            int64_t up_stride) {
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * n * 4))
+  for (int64_t r = 0; r < rows; ++r) swiglu_row(gate + r * gate_stride, up + r * up_stride, out + r * n, n);
+}
+
+void swiglu_bwd(const float* gate, const float* up, const float* dout, float* dgate, float* dup, int64_t rows,
+                int64_t n, int64_t gate_stride, int64_t up_stride) {
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * n * 4))
+  for (int64_t r = 0; r < rows; ++r)
+    swiglu_bwd_row(gate + r * gate_stride, up + r * up_stride, dout + r * n, dgate + r * gate_stride,
+                   dup + r * up_stride, n);
+}
+
+void quick_gelu(const float* x, float* out, int64_t count) {
+  over_spans(count, 4, [=](int64_t start, int64_t n) { quick_gelu_span(x + start, out + start, n); });
+}
+
+void quick_gelu_bwd(const float* x, const float* dout, float* dx, int64_t count) {
+  over_spans(count, 4, [=](int64_t start, int64_t n) { quick_gelu_bwd_span(x + start, dout + start, dx + start, n); });
+}
+
+}  // namespace mix

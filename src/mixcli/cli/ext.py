@@ -1,0 +1,67 @@
+"""`mix ext build|status|clean`: the compiled fused ops of ext/ in the cache."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import output
+from .options import JsonOpt
+
+app = typer.Typer(help="The compiled fused ops (ext/): build, status, clean.", no_args_is_help=True)
+
+
+def _summary(report: dict) -> str:
+    ready = [op for op, state in report["ops"].items() if state in ("loadable", "built")]
+    devices = "+".join(report["devices"]) or "-"
+    return f"{report['status']}: {len(ready)}/{len(report['ops'])} ops ({devices}) in {report['path']}"
+
+
+@app.command("build")
+def build_command(
+    force: Annotated[bool, typer.Option("--force", "-f", help="Rebuild even when a build is cached.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the compiler's output.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Compile the fused ops for this machine (CPU; CUDA too where Paddle has CUDA and nvcc exists)."""
+    from ..ext import build
+    from ..ext.status import status
+    from ..runtime import import_paddle
+
+    build.build(import_paddle(), force=force, retry=True, notify=output.log, verbose=verbose)
+    report = status()
+    if json_:
+        output.emit_json(report)
+    else:
+        output.result(_summary(report))
+
+
+@app.command("status")
+def status_command(json_: JsonOpt = False) -> None:
+    """Each op: loadable, built, broken or missing; the compiler and the cache folder."""
+    from ..ext.status import status
+
+    report = status()
+    if json_:
+        output.emit_json(report)
+        return
+    output.result(_summary(report) + ("" if report["enabled"] else " (turned off: MIX_EXT=0)"))
+    for op, state in report["ops"].items():
+        output.result(f"  {op:<14} {state}")
+    output.result(f"  compiler       {report['compiler_version'] or 'none found'}" + (", nvcc" if report["cuda"] else ""))
+    if report["error"]:
+        output.result(f"  error          {report['error']}")
+
+
+@app.command("clean")
+def clean_command() -> None:
+    """Delete every cached build (the next use builds again)."""
+    import shutil
+
+    from ..ext.build import cache_root
+
+    root = cache_root()
+    removed = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    shutil.rmtree(root, ignore_errors=True)
+    output.result(f"removed {len(removed)} entries from {root}")

@@ -1,0 +1,199 @@
+"""The fused ops as plain functions: the compiled kernel when it applies, the plain-Paddle path otherwise.
+
+The library is built and loaded on the first call (one line on stderr); a build that fails says so in
+one line, once, and every call falls back. A call falls back, never fails, when ext is off
+(``MIX_EXT=0``), the tensors are on a device or in a dtype the build does not cover (CPU: float32;
+GPU, when built with CUDA: float32, float16, bfloat16), or the shapes are outside what the kernel
+takes. Every op has a backward kernel for its tensor inputs except the constant tables (rotary cos/sin,
+positions): when autograd would need a gradient for one of those, the call falls back too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+import paddle
+from paddle import _C_ops
+
+from ..runtime import import_paddle
+from . import build, reference
+
+CPU_DTYPES = frozenset({paddle.float32})
+GPU_DTYPES = frozenset({paddle.float32, paddle.float16, paddle.bfloat16})
+
+
+@dataclass(frozen=True)
+class Library:
+    """A loaded build: the registered op names and whether it runs GPU tensors too."""
+
+    build: build.Build
+    ops: frozenset[str]
+    cuda: bool
+
+
+_lock = threading.Lock()
+_library: Library | None = None
+_failure: str | None = None
+
+
+def enabled() -> bool:
+    """False when MIX_EXT=0 turns the fused ops off."""
+    return os.environ.get("MIX_EXT", "1") != "0"
+
+
+def library() -> Library | None:
+    """The loaded ops, built on first use; None when turned off or unavailable (said once on stderr)."""
+    if not enabled():
+        return None
+    if _library is None and _failure is None:
+        with _lock:
+            if _library is None and _failure is None:
+                _load()
+    return _library
+
+
+def failure() -> str | None:
+    """Why the ops are unavailable in this process, if a build or load failed."""
+    return _failure
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _load() -> None:
+    global _library, _failure
+    paddle_ = import_paddle()
+    try:
+        built = build.build(paddle_, notify=_say)
+        names = build.register(str(built.library))
+    except build.ExtBuildError as e:
+        _failure = str(e)
+        if e.remembered:  # reported by the run that failed; `mix ext status` shows it
+            return
+    except Exception as e:  # a library that does not load (stale, or built for another Paddle): fall back
+        _failure = f"the fused ops do not load ({build.first_line(e)})"
+    else:
+        _library = Library(built, frozenset(names), bool(built.manifest.get("cuda")))
+        return
+    _say(f"warning: fused ops unavailable, using plain Paddle: {_failure}")
+
+
+def reset() -> None:
+    """Forget the load state so the next call loads again (registered ops stay registered)."""
+    global _library, _failure
+    with _lock:
+        _library, _failure = None, None
+
+
+def _usable(tensors: tuple, constants: tuple = ()) -> bool:
+    """Whether the compiled op can take these tensors (same dtype, one device it was built for); the
+    `constants` among them must not need a gradient (the op has no backward for them)."""
+    lib = library()
+    if lib is None:
+        return False
+    place, dtype = tensors[0].place, tensors[0].dtype
+    if place.is_cpu_place():
+        dtypes = CPU_DTYPES
+    elif lib.cuda and place.is_gpu_place():
+        dtypes = GPU_DTYPES
+    else:
+        return False
+    if dtype not in dtypes:
+        return False
+    for t in tensors[1:]:  # a plain loop: this runs several times per layer and decode step
+        if t.dtype != dtype:
+            return False
+    for t in constants:
+        if not t.stop_gradient and paddle.is_grad_enabled():
+            return False
+    return True
+
+
+def _run(op: str, *args):
+    """Run a registered op on contiguous inputs; returns its list of outputs."""
+    args = tuple(a.contiguous() if isinstance(a, paddle.Tensor) and not a.is_contiguous() else a for a in args)
+    return _C_ops._run_custom_op(op, *args)
+
+
+def _nonempty(x: paddle.Tensor) -> bool:
+    shape = x.shape  # (Tensor.size costs an op: microseconds on a decode step)
+    return bool(shape) and 0 not in shape
+
+
+def _row_weight(x: paddle.Tensor, *weights: paddle.Tensor) -> bool:
+    return _nonempty(x) and all(w.shape == x.shape[-1:] for w in weights)
+
+
+def rms_norm(x: paddle.Tensor, weight: paddle.Tensor, eps: float) -> paddle.Tensor:
+    """RMSNorm over the last axis (see reference.rms_norm); differentiable."""
+    if _row_weight(x, weight) and _usable((x, weight)):
+        return _run("mix_rms_norm", x, weight, float(eps))[0]
+    return reference.rms_norm(x, weight, eps)
+
+
+def add_rms_norm(
+    x: paddle.Tensor, residual: paddle.Tensor, weight: paddle.Tensor, eps: float
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """(rms_norm(x + residual), x + residual) in one pass; differentiable."""
+    if x.shape == residual.shape and _row_weight(x, weight) and _usable((x, residual, weight)):
+        out, total, _ = _run("mix_add_rms_norm", x, residual, weight, float(eps))
+        return out, total
+    return reference.add_rms_norm(x, residual, weight, eps)
+
+
+def layer_norm(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor, eps: float) -> paddle.Tensor:
+    """LayerNorm over the last axis with a weight and a bias; differentiable."""
+    if weight is not None and bias is not None and _row_weight(x, weight, bias) and _usable((x, weight, bias)):
+        return _run("mix_layer_norm", x, weight, bias, float(eps))[0]
+    return reference.layer_norm(x, weight, bias, eps)
+
+
+def rotary(x: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor, token_major: bool = False) -> paddle.Tensor:
+    """Rotate-half rotary embedding of x (B, S, T, D), or of x (B, T, S, D) into (B, S, T, D) when
+    token_major (the head-major copy attention needs, made in the same pass); cos/sin (T, D).
+    Differentiable in x."""
+    if _rotary_shapes(x, cos, sin, token_major) and _usable((x, cos, sin), constants=(cos, sin)):
+        return _run("mix_rotary", x, cos, sin, bool(token_major))[0]
+    return reference.rotary(x, cos, sin, token_major)
+
+
+def _rotary_shapes(x, cos, sin, token_major: bool) -> bool:
+    if x.ndim != 4 or x.shape[-1] % 2 or not _nonempty(x):
+        return False
+    t = x.shape[1] if token_major else x.shape[2]
+    return cos.shape == [t, x.shape[-1]] and sin.shape == cos.shape
+
+
+def rotary_tables(
+    positions: paddle.Tensor, inv_freq: paddle.Tensor, section: list[int]
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """float32 cos, sin (T, D) for float32 positions (P, T), frequency chunk i of `section` rotating by
+    component i % P (M-RoPE; P = 1 and one section is the standard table)."""
+    fits = positions.ndim == 2 and inv_freq.ndim == 1 and sum(section) == inv_freq.shape[0] and _nonempty(positions)
+    if fits and positions.place.is_cpu_place() and _usable((positions, inv_freq), constants=(positions, inv_freq)):
+        cos, sin = _run("mix_rotary_tables", positions, inv_freq, [int(s) for s in section])
+        return cos, sin
+    return reference.rotary_tables(positions, inv_freq, section)
+
+
+def swiglu(gate: paddle.Tensor, up: paddle.Tensor | None = None) -> paddle.Tensor:
+    """silu(gate) * up; with `up` omitted, gate's last axis holds gate then up (a fused projection).
+    Differentiable."""
+    if up is None:
+        if _nonempty(gate) and gate.shape[-1] % 2 == 0 and _usable((gate,)):
+            return _run("mix_swiglu_packed", gate)[0]
+    elif gate.shape == up.shape and _nonempty(gate) and _usable((gate, up)):
+        return _run("mix_swiglu", gate, up)[0]
+    return reference.swiglu(gate, up)
+
+
+def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
+    """x * sigmoid(1.702 x); differentiable."""
+    if _nonempty(x) and _usable((x,)):
+        return _run("mix_quick_gelu", x)[0]
+    return reference.quick_gelu(x)
