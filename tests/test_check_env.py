@@ -6,6 +6,7 @@ import json
 import sys
 
 import paddle
+import pytest
 
 from mixcli import envcheck, runtime
 
@@ -83,3 +84,10 @@ def test_single_thread_setting_is_flagged(monkeypatch):
     threads = envcheck.check_threads(True, found)
     assert threads["OMP_NUM_THREADS"] == "1" and threads["paddle"] == 1 and threads["cores"] == 8
     assert "runs on one thread" in found[0].problem and "set it to 8" in found[0].fix
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_freed_tensor_memory_is_kept_for_reuse_on_glibc():
+    import platform
+
+    assert runtime.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

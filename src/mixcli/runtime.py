@@ -72,6 +72,7 @@ def import_paddle():
     if imported_elsewhere and os.environ.get("OMP_NUM_THREADS") == "1":
         _threads = cpu_threads()
     os.environ.setdefault("GLOG_minloglevel", "2")
+    keep_freed_memory()
     try:
         paddle = _quiet_import_paddle()
     except ImportError as e:
@@ -82,6 +83,27 @@ def import_paddle():
     paddle.base.core.set_num_threads(math_threads())
     _paddle = paddle
     return paddle
+
+
+# glibc mallopt parameters (malloc.h); the mmap threshold cannot exceed 32 MiB on 64-bit.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed tensor buffers instead of returning them to the OS.
+
+    By default every block over 128 KiB-32 MiB is a fresh mmap and freed memory is trimmed, so each
+    new Paddle CPU tensor faults its pages in again (~3 us per 4 KiB page here): QuickGELU over
+    (1024, 5120) ran in 34 ms, 9 ms with these settings. Memory freed after a peak stays with the
+    process for reuse. Returns False where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def _quiet_import_paddle():

@@ -13,6 +13,7 @@ from paddle import nn
 from PIL import Image
 
 from ...errors import MixError
+from ...layers import for_inference
 from ...layers.decoder import CausalLM
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
@@ -228,5 +229,5 @@ def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = 
         net, sanitize(checkpoint, cfg), transpose=linear_weight_names(net), dtype=dtype, layout=checkpoint.layout
     )
     net.language_model.fuse()
-    net.eval()
+    for_inference(net)
     return InternVL(net, TextTokenizer.from_dir(path), Path(path))

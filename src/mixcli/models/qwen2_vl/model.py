@@ -12,6 +12,7 @@ from paddle import nn
 from PIL import Image
 
 from ...errors import MixError
+from ...layers import for_inference
 from ...layers.decoder import CausalLM
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
@@ -220,5 +221,5 @@ def load(
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
     load_into(net, sanitize(checkpoint, cfg), transpose=linear_weight_names(net), dtype=dtype, layout=checkpoint.layout)
     net.language_model.fuse()
-    net.eval()
+    for_inference(net)
     return Qwen2VL(net, TextTokenizer.from_dir(path), Path(path), processor, video_processor)
