@@ -11,6 +11,7 @@ import torch
 from diffusers import UNet2DConditionModel as RefUNet
 from sd_ref import write_sd15, write_sdxl
 
+from mixcli.diffusion import blocks
 from mixcli.diffusion.unet import UNetConfig, build_unet
 from mixcli.errors import CheckpointError
 from mixcli.weights import open_checkpoint
@@ -94,6 +95,70 @@ def test_parity(folders, name, shape, timestep):
     ours, ref = load_pair(folder)
     inputs = random_inputs(config_of(folder), shape)
     assert_close(run_ours(ours, inputs, timestep), run_ref(ref, inputs, timestep))
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_parity_through_the_cpu_kernels_at_any_size(folders, name, monkeypatch):
+    """The Winograd convolutions (F(4x4, 3x3)) serve large maps only; forced here on the tiny model."""
+    monkeypatch.setattr(blocks, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(blocks, "WINOGRAD_MIN_CHANNELS", 1)
+    calls = []
+    monkeypatch.setattr(blocks, "winograd_conv", lambda *args, **kw: calls.append(kw) or WINOGRAD(*args, **kw))
+    folder = folders[name]
+    ours, ref = load_pair(folder)
+    inputs = random_inputs(config_of(folder), (2, 4, 16, 24))
+    assert_close(run_ours(ours, inputs, 700.0), run_ref(ref, inputs, 700.0))
+    assert len(calls) > 10 and {"upsample": True} in calls
+
+
+WINOGRAD = blocks.winograd_conv
+
+
+def test_parity_through_paddle_ops_only(folders, monkeypatch):
+    """The path other devices take (Paddle's own attention, upsampling and convolutions), run on the CPU."""
+    monkeypatch.setattr(blocks, "on_cpu", lambda x: False)
+    folder = folders["sdxl"]
+    ours, ref = load_pair(folder)
+    inputs = random_inputs(config_of(folder), (2, 4, 8, 12))
+    assert_close(run_ours(ours, inputs, 10.0), run_ref(ref, inputs, 10.0))
+
+
+@pytest.mark.parametrize("conv_tiles", [1024, 1])  # the input transform as a product, or as a convolution
+@pytest.mark.parametrize("band_bytes", [64 << 20, 1])  # one band, or one row of tiles per band
+@pytest.mark.parametrize(
+    "shape, out_channels", [((2, 8, 16, 12), 16), ((1, 32, 8, 8), 4), ((3, 5, 4, 20), 7), ((1, 3, 12, 4), 2)]
+)
+def test_winograd_convolution(shape, out_channels, band_bytes, conv_tiles, monkeypatch):
+    monkeypatch.setattr(blocks, "WINOGRAD_BAND_BYTES", band_bytes)
+    monkeypatch.setattr(blocks, "WINOGRAD_CONV_TILES", conv_tiles)
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal(shape, dtype=np.float32))
+    weight = paddle.to_tensor(rng.standard_normal((out_channels, shape[1], 3, 3), dtype=np.float32))
+    bias = paddle.to_tensor(rng.standard_normal(out_channels, dtype=np.float32))
+    shift = paddle.to_tensor(rng.standard_normal((shape[0], out_channels), dtype=np.float32))
+    expected = paddle.nn.functional.conv2d(x, weight, bias, padding=1) + shift[:, :, None, None]
+    assert_close(blocks.winograd_conv(x, weight, bias, shift).numpy(), expected.numpy())
+    expected = paddle.nn.functional.conv2d(x, weight, padding=1).numpy()
+    assert_close(blocks.winograd_conv(x, weight, None).numpy(), expected)
+    # fused with a 2x nearest upsampling of the input (Upsample2D)
+    small = x[:, :, ::2, ::2]
+    expected = paddle.nn.functional.conv2d(blocks.upsample2x(small), weight, bias, padding=1).numpy()
+    assert_close(blocks.winograd_conv(small, weight, bias, upsample=True).numpy(), expected)
+
+
+@pytest.mark.parametrize("block_bytes", [16 << 20, 400])  # all heads and rows at once, or a head and 5 rows
+@pytest.mark.parametrize("scale", [0.1, 60.0])  # 60: raw exp overflows, the stable recomputation takes over
+def test_cpu_attention(scale, block_bytes, monkeypatch):
+    monkeypatch.setattr(blocks, "SCORE_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, n, 3 * 8), dtype=np.float32) for n in (33, 20, 20))
+    out = blocks.cpu_attention(q, k, v, heads=3, scale=scale)
+    split = lambda x: x.reshape(2, -1, 3, 8).transpose(0, 2, 1, 3).astype(np.float64)  # noqa: E731
+    scores = split(q) @ split(k).transpose(0, 1, 3, 2) * scale
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    expected = (probs / probs.sum(-1, keepdims=True)) @ split(v)
+    # scores reach ~300 at scale 60, where float32 itself carries ~3e-5 of error
+    np.testing.assert_allclose(out, expected.transpose(0, 2, 1, 3).reshape(2, 33, 24), rtol=1e-4, atol=1e-4)
 
 
 def test_guidance_embedding_and_per_block_depth(folders):

@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL as RefVAE
 from sd_ref import write_sd15, write_sdxl
 
+from mixcli.diffusion import blocks
 from mixcli.diffusion.vae import VAEConfig, build_vae
 from mixcli.errors import CheckpointError
 from mixcli.weights import open_checkpoint
@@ -75,6 +76,24 @@ def test_decode(folders, name, shape):
 def test_encode(folders, name):
     ours, ref = load_pair(folders[name])
     image = np.random.default_rng(1).uniform(-1, 1, (2, 3, 24, 40)).astype(np.float32)
+    (mean, logvar), dist = encode_both(ours, ref, image)
+    assert_close(mean, dist.mean)
+    assert_close(logvar, dist.logvar)
+
+
+@pytest.mark.parametrize("path", ["winograd", "banded"])
+def test_cpu_kernels_at_any_size(folders, path, monkeypatch):
+    """The Winograd and the banded convolutions serve large maps only; forced here on the tiny VAE."""
+    if path == "winograd":
+        monkeypatch.setattr(blocks, "WINOGRAD_MIN_TILES", 1)
+        monkeypatch.setattr(blocks, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(blocks, "WINOGRAD_BAND_BYTES", 1 << 16)
+    else:
+        monkeypatch.setattr(blocks, "IM2COL_BYTES", 1 << 14)
+    ours, ref = load_pair(folders["sd15"])
+    z = np.random.default_rng(4).standard_normal((1, 4, 8, 12), dtype=np.float32)
+    assert_close(*decode_both(ours, ref, z))
+    image = np.random.default_rng(5).uniform(-1, 1, (1, 3, 32, 16)).astype(np.float32)
     (mean, logvar), dist = encode_both(ours, ref, image)
     assert_close(mean, dist.mean)
     assert_close(logvar, dist.logvar)

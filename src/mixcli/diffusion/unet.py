@@ -11,7 +11,15 @@ from paddle import nn
 
 from ..errors import CheckpointError
 from ..weights import linear_weight_names, load_into
-from .blocks import Downsample2D, ResnetBlock2D, TimestepEmbedding, Transformer2DModel, Upsample2D, timestep_embedding
+from .blocks import (
+    Conv,
+    Downsample2D,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Transformer2DModel,
+    Upsample2D,
+    timestep_embedding,
+)
 
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -254,7 +262,7 @@ class UNet2DConditionModel(nn.Layer):
         super().__init__()
         cfg = self.config = config
         channels, temb = cfg.block_out_channels, cfg.time_embed_dim
-        self.conv_in = nn.Conv2D(cfg.in_channels, channels[0], cfg.conv_in_kernel, padding=(cfg.conv_in_kernel - 1) // 2)
+        self.conv_in = Conv(cfg.in_channels, channels[0], cfg.conv_in_kernel, padding=(cfg.conv_in_kernel - 1) // 2)
         self.time_embedding = TimestepEmbedding(channels[0], temb, cfg.time_cond_proj_dim)
         if cfg.addition_embed_type == "text_time":
             self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, temb)
@@ -267,7 +275,7 @@ class UNet2DConditionModel(nn.Layer):
             [UpBlock(cfg, i, kind == "CrossAttnUpBlock2D") for i, kind in enumerate(cfg.up_block_types)]
         )
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, channels[0], epsilon=cfg.norm_eps)
-        self.conv_out = nn.Conv2D(channels[0], cfg.out_channels, cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2)
+        self.conv_out = Conv(channels[0], cfg.out_channels, cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2)
 
     def forward(self, sample: paddle.Tensor, timestep, encoder_hidden_states: paddle.Tensor, text_embeds=None,
                 time_ids=None, timestep_cond=None) -> paddle.Tensor:  # fmt: skip
@@ -301,7 +309,8 @@ class UNet2DConditionModel(nn.Layer):
         else:
             t = paddle.full([batch], float(timestep), dtype="float32")
         cfg = self.config
-        t_emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift).astype(sample.dtype)
+        t_emb = timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        t_emb = t_emb.astype(sample.dtype)
         if condition is not None and self.time_embedding.cond_proj is None:
             raise ValueError("timestep_cond given to a UNet without time_cond_proj_dim")
         return self.time_embedding(t_emb, None if condition is None else condition.astype(sample.dtype))

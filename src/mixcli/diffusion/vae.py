@@ -11,7 +11,7 @@ from paddle import nn
 
 from ..errors import CheckpointError
 from ..weights import linear_weight_names, load_into
-from .blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D
+from .blocks import Attention, Conv, Downsample2D, ResnetBlock2D, Upsample2D, permute
 
 EPS = 1e-6  # every norm in diffusers' Encoder/Decoder
 
@@ -49,10 +49,12 @@ class VAEConfig:
         checks = [("down_block_types", k, k == "DownEncoderBlock2D") for k in self.down_block_types]
         checks += [("up_block_types", k, k == "UpDecoderBlock2D") for k in self.up_block_types]
         checks.append(("act_fn", self.act_fn, self.act_fn in ("silu", "swish")))
-        checks.append(("block_out_channels", self.block_out_channels, len(self.block_out_channels) == len(self.down_block_types)))
+        same_depth = len(self.block_out_channels) == len(self.down_block_types)
+        checks.append(("block_out_channels", self.block_out_channels, same_depth))
         for field, value, ok in checks:
             if not ok:
-                raise CheckpointError(f"unsupported VAE config: {field} = {value!r}", "this port covers AutoencoderKL as SD1.5 / SDXL use it")
+                fix = "this port covers AutoencoderKL as SD1.5 / SDXL use it"
+                raise CheckpointError(f"unsupported VAE config: {field} = {value!r}", fix)
 
 
 class AttentionBlock(Attention):
@@ -64,9 +66,8 @@ class AttentionBlock(Attention):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         b, c, h, w = x.shape
-        tokens = self.group_norm(x).reshape([b, c, h * w]).transpose([0, 2, 1])  # (B, H*W, C)
-        out = super().forward(tokens.contiguous())
-        return out.transpose([0, 2, 1]).reshape([b, c, h, w]) + x
+        tokens = permute(self.group_norm(x).reshape([b, c, h * w]), [0, 2, 1])  # (B, H*W, C)
+        return permute(super().forward(tokens), [0, 2, 1]).reshape([b, c, h, w]) + x
 
 
 class MidBlock(nn.Layer):
@@ -90,7 +91,7 @@ class EncoderBlock(nn.Layer):
     def __init__(self, in_channels: int, out_channels: int, count: int, groups: int, downsample: bool):
         super().__init__()
         self.resnets = nn.LayerList(
-            [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, None, groups, EPS) for i in range(count)]
+            [ResnetBlock2D(out_channels if i else in_channels, out_channels, None, groups, EPS) for i in range(count)]
         )
         self.downsamplers = nn.LayerList([Downsample2D(out_channels, padding=0)]) if downsample else None
 
@@ -106,7 +107,7 @@ class DecoderBlock(nn.Layer):
     def __init__(self, in_channels: int, out_channels: int, count: int, groups: int, upsample: bool):
         super().__init__()
         self.resnets = nn.LayerList(
-            [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, None, groups, EPS) for i in range(count)]
+            [ResnetBlock2D(out_channels if i else in_channels, out_channels, None, groups, EPS) for i in range(count)]
         )
         self.upsamplers = nn.LayerList([Upsample2D(out_channels)]) if upsample else None
 
@@ -122,14 +123,14 @@ class Encoder(nn.Layer):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         ch, groups, n = cfg.block_out_channels, cfg.norm_num_groups, len(cfg.block_out_channels)
-        self.conv_in = nn.Conv2D(cfg.in_channels, ch[0], 3, padding=1)
+        self.conv_in = Conv(cfg.in_channels, ch[0], 3, padding=1)
         ins = [ch[0], *ch[:-1]]
         self.down_blocks = nn.LayerList(
             [EncoderBlock(ins[i], ch[i], cfg.layers_per_block, groups, i < n - 1) for i in range(n)]
         )
         self.mid_block = MidBlock(ch[-1], groups, cfg.mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(groups, ch[-1], epsilon=EPS)
-        self.conv_out = nn.Conv2D(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
+        self.conv_out = Conv(ch[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.conv_in(x)
@@ -145,14 +146,14 @@ class Decoder(nn.Layer):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         ch, groups, n = cfg.block_out_channels[::-1], cfg.norm_num_groups, len(cfg.block_out_channels)
-        self.conv_in = nn.Conv2D(cfg.latent_channels, ch[0], 3, padding=1)
+        self.conv_in = Conv(cfg.latent_channels, ch[0], 3, padding=1)
         self.mid_block = MidBlock(ch[0], groups, cfg.mid_block_add_attention)
         ins = [ch[0], *ch[:-1]]
         self.up_blocks = nn.LayerList(
             [DecoderBlock(ins[i], ch[i], cfg.layers_per_block + 1, groups, i < n - 1) for i in range(n)]
         )
         self.conv_norm_out = nn.GroupNorm(groups, ch[-1], epsilon=EPS)
-        self.conv_out = nn.Conv2D(ch[-1], cfg.out_channels, 3, padding=1)
+        self.conv_out = Conv(ch[-1], cfg.out_channels, 3, padding=1)
 
     def forward(self, z: paddle.Tensor) -> paddle.Tensor:
         x = self.mid_block(self.conv_in(z))

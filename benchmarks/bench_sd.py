@@ -1,0 +1,177 @@
+"""Stable Diffusion 1.5 at its real size with random weights, fp32 on CPU: one UNet step on 512x512 latents with
+guidance (latents (2, 4, 64, 64), text (2, 77, 768)) and one VAE decode (1, 4, 64, 64) -> (1, 3, 512, 512), mix
+(Paddle) against diffusers on the same safetensors, side by side in one run: each side runs in its own process
+(so neither framework's threads or allocator disturb the other, and each one's peak RSS is its own), and the
+two take turns round by round. Prints the times, their ratio, the outputs' largest difference and the peak RSS.
+Needs about 9 GB of RAM.
+
+    python -m pytest benchmarks/bench_sd.py --benchmark-only -s
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# stable-diffusion-v1-5/stable-diffusion-v1-5: unet/config.json and vae/config.json (the fields that shape the nets).
+SD15_UNET = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [320, 640, 1280, 1280], "attention_head_dim": 8, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, "norm_num_groups": 32,
+}  # fmt: skip
+SD15_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 512,
+}  # fmt: skip
+ROUNDS = 3
+HERE = Path(__file__).resolve().parent
+
+# Written in a child process, so this one stays small while the two sides run.
+WRITER = """
+import sys, torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+sys.path.insert(0, {here!r})
+from bench_sd import SD15_UNET, SD15_VAE
+torch.manual_seed(0)
+unet = UNet2DConditionModel(**SD15_UNET)
+with torch.no_grad():  # diffusers zero-initialises conv_out; random values make the outputs comparable
+    unet.conv_out.weight.normal_(0.0, 0.02)
+unet.save_pretrained(sys.argv[1] + "/unet", safe_serialization=True)
+AutoencoderKL(**SD15_VAE).save_pretrained(sys.argv[1] + "/vae", safe_serialization=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """Random SD1.5 UNet and VAE weights (diffusers' init) in diffusers' layout, written once."""
+    folder = tmp_path_factory.mktemp("sd15")
+    subprocess.run([sys.executable, "-c", WRITER.format(here=str(HERE)), str(folder)], check=True, capture_output=True)
+    return folder
+
+
+def inputs(part: str) -> tuple:
+    """UNet: latents, timestep, text states; VAE: latents."""
+    rng = np.random.default_rng(0)
+    if part == "unet":
+        latents = rng.standard_normal((2, 4, 64, 64), dtype=np.float32)
+        return latents, 981.0, rng.standard_normal((2, 77, 768), dtype=np.float32)
+    return (rng.standard_normal((1, 4, 64, 64), dtype=np.float32),)
+
+
+def mix_runner(part: str, path: Path):
+    """mix's model of ``part``, and a function running it once on ``inputs(part)``."""
+    from mixcli.runtime import import_paddle
+
+    paddle = import_paddle()  # threads configured before the first Paddle op
+    from mixcli.diffusion.unet import build_unet
+    from mixcli.diffusion.vae import build_vae
+    from mixcli.weights import open_checkpoint
+
+    build = build_unet if part == "unet" else build_vae
+    model = build(json.loads((path / "config.json").read_text()), open_checkpoint(path))
+    args = [paddle.to_tensor(a) if isinstance(a, np.ndarray) else a for a in inputs(part)]
+
+    def run() -> np.ndarray:
+        with paddle.no_grad():
+            return (model(*args) if part == "unet" else model.decode(*args)).numpy()
+
+    return run
+
+
+def diffusers_runner(part: str, path: Path):
+    """diffusers' model of ``part``, and a function running it once on ``inputs(part)``."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from mixcli.runtime import cpu_threads
+
+    torch.set_num_threads(cpu_threads())
+    model = (UNet2DConditionModel if part == "unet" else AutoencoderKL).from_pretrained(str(path)).eval()
+    args = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in inputs(part)]
+
+    def run() -> np.ndarray:
+        with torch.inference_mode():
+            return (model(*args) if part == "unet" else model.decode(*args)).sample.numpy()
+
+    return run
+
+
+def serve(side: str, part: str, folder: str) -> None:
+    """The child's loop: load, then on each "run" line run once and answer the seconds taken (the first run
+    also saves its output next to the weights); on "rss" answer the peak RSS in GB."""
+    run = (mix_runner if side == "mix" else diffusers_runner)(part, Path(folder) / part)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "rss":  # VmHWM: unlike ru_maxrss it is not inherited from the parent across exec
+            status = Path("/proc/self/status").read_text()
+            print(int(status.split("VmHWM:")[1].split()[0]) / 1e6, flush=True)
+            continue
+        start = time.perf_counter()
+        out = run()
+        print(time.perf_counter() - start, flush=True)
+        if not (Path(folder) / f"{side}_{part}.npy").exists():
+            np.save(Path(folder) / f"{side}_{part}.npy", out)
+
+
+class Side:
+    """One side in its own process."""
+
+    def __init__(self, side: str, part: str, folder: Path):
+        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_sd; bench_sd.serve(*sys.argv[1:])"
+        self.log = folder / f"{side}_{part}.log"
+        with open(self.log, "w") as log:
+            command = [sys.executable, "-W", "ignore", "-c", code, side, part, str(folder)]
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        self.expect("ready")
+
+    def expect(self, answer: str) -> str:
+        line = self.proc.stdout.readline().strip()
+        if not line or (answer and line != answer):
+            raise RuntimeError(f"the {self.log.stem} process failed:\n{self.log.read_text()[-2000:]}")
+        return line
+
+    def ask(self, request: str) -> float:
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return float(self.expect(""))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def side_by_side(benchmark, part: str, folder: Path) -> None:
+    """Time mix with pytest-benchmark and diffusers in each round's setup, alternating, then report."""
+    mix, ref = Side("mix", part, folder), Side("diffusers", part, folder)
+    try:
+        theirs, mine = [], []
+        benchmark.pedantic(lambda: mine.append(mix.ask("run")), setup=lambda: theirs.append(ref.ask("run")),
+                           rounds=ROUNDS, warmup_rounds=1)  # fmt: skip
+        peak = {"mix_peak_rss_gb": round(mix.ask("rss"), 2), "diffusers_peak_rss_gb": round(ref.ask("rss"), 2)}
+    finally:
+        mix.close()
+        ref.close()
+    got, expected = np.load(folder / f"mix_{part}.npy"), np.load(folder / f"diffusers_{part}.npy")
+    mine_s, theirs_s = statistics.median(mine[-ROUNDS:]), statistics.median(theirs[-ROUNDS:])
+    benchmark.extra_info.update(
+        mix_s=round(mine_s, 3), diffusers_s=round(theirs_s, 3), speedup=round(theirs_s / mine_s, 2),
+        max_abs_diff=float(np.abs(got - expected).max()), ref_max_abs=float(np.abs(expected).max()), **peak,
+    )  # fmt: skip
+    print("\n", part, benchmark.extra_info)
+
+
+def test_unet_step(benchmark, checkpoint):
+    side_by_side(benchmark, "unet", checkpoint)
+
+
+def test_vae_decode(benchmark, checkpoint):
+    side_by_side(benchmark, "vae", checkpoint)
