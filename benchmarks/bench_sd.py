@@ -11,6 +11,7 @@ Needs about 9 GB of RAM.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,11 +52,14 @@ AutoencoderKL(**SD15_VAE).save_pretrained(sys.argv[1] + "/vae", safe_serializati
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory):
     """Random SD1.5 UNet and VAE weights (diffusers' init) in diffusers' layout, written once."""
     folder = tmp_path_factory.mktemp("sd15")
-    subprocess.run([sys.executable, "-c", WRITER.format(here=str(HERE)), str(folder)], check=True, capture_output=True)
-    return folder
+    proc = subprocess.run([sys.executable, "-c", WRITER.format(here=str(HERE)), str(folder)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"writing the random SD1.5 weights failed:\n{proc.stderr[-2000:]}")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # 3.8 GB
 
 
 def inputs(part: str) -> tuple:
