@@ -15,9 +15,10 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_
 from tokenizers.models import BPE
 
 from ..errors import CheckpointError
+from ..layers import build_for_inference
 from ..layers.attention import attention
 from ..layers.decoder import causal_mask
-from ..weights import linear_weight_names, load_into, rename
+from ..weights import rename
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -305,8 +306,5 @@ def build_text_encoder(config: dict, weights: Mapping, dtype: str = "float32") -
     """A CLIP text encoder from text_encoder/config.json and its weights (transformers names), cast to dtype."""
     cfg = CLIPTextConfig.from_dict(config)
     weights = sanitize(weights)
-    with paddle.LazyGuard():
-        encoder = CLIPTextEncoder(cfg, projection=has_projection(config, weights))
-    load_into(encoder, weights, transpose=linear_weight_names(encoder), dtype=dtype)
-    encoder.eval()
-    return encoder
+    projection = has_projection(config, weights)
+    return build_for_inference(lambda: CLIPTextEncoder(cfg, projection=projection), weights, dtype)

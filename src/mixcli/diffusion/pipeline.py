@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..layers import for_inference
 from .loading import PipelineParts
 
 Noise = Callable[[tuple[int, ...]], np.ndarray]  # standard normal float32 of a shape
@@ -71,8 +70,6 @@ class StableDiffusion:
         self.text_encoders = [build_text_encoder(parts.configs[c], parts.weights[c], dtype) for c in texts]
         self.tokenizers = [CLIPTokenizer.from_dir(parts.tokenizer_dirs[c]) for c in sorted(parts.tokenizer_dirs)]
         self.dtype = dtype
-        for net in (self.unet, self.vae, *self.text_encoders):
-            for_inference(net)
 
     @property
     def scale_factor(self) -> int:

@@ -10,7 +10,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ..errors import CheckpointError
-from ..weights import linear_weight_names, load_into
+from ..layers import build_for_inference
 from .blocks import (
     Conv,
     Downsample2D,
@@ -329,8 +329,4 @@ class UNet2DConditionModel(nn.Layer):
 def build_unet(config: Mapping, weights: Mapping, dtype: str = "float32") -> UNet2DConditionModel:
     """A UNet from its config.json and its weights under diffusers' names (torch layout), in ``dtype``."""
     cfg = UNetConfig.from_dict(config)
-    with paddle.LazyGuard():
-        model = UNet2DConditionModel(cfg)
-    load_into(model, weights, transpose=linear_weight_names(model), dtype=dtype)
-    model.eval()
-    return model
+    return build_for_inference(lambda: UNet2DConditionModel(cfg), weights, dtype)

@@ -10,7 +10,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ..errors import CheckpointError
-from ..weights import linear_weight_names, load_into
+from ..layers import build_for_inference
 from .blocks import Attention, Conv, Downsample2D, ResnetBlock2D, Upsample2D, permute
 
 EPS = 1e-6  # every norm in diffusers' Encoder/Decoder
@@ -198,8 +198,4 @@ class AutoencoderKL(nn.Layer):
 def build_vae(config: Mapping, weights: Mapping, dtype: str = "float32") -> AutoencoderKL:
     """A VAE from its config.json and its weights under diffusers' names (torch layout), in ``dtype``."""
     cfg = VAEConfig.from_dict(config)
-    with paddle.LazyGuard():
-        model = AutoencoderKL(cfg)
-    load_into(model, weights, transpose=linear_weight_names(model), dtype=dtype)
-    model.eval()
-    return model
+    return build_for_inference(lambda: AutoencoderKL(cfg), weights, dtype)

@@ -8,3 +8,16 @@ def for_inference(layer):
     for param in layer.parameters():
         param.stop_gradient = True
     return layer
+
+
+def build_for_inference(make, weights, dtype: str | None = None):
+    """``make()`` built without initialising its parameters, the checkpoint's tensors (torch layout,
+    Linear weights transposed) loaded into it in ``dtype``, ready for inference."""
+    import paddle
+
+    from ..weights import linear_weight_names, load_into
+
+    with paddle.LazyGuard():
+        layer = make()
+    load_into(layer, weights, transpose=linear_weight_names(layer), dtype=dtype)
+    return for_inference(layer)
