@@ -31,3 +31,26 @@ def test_blocked_attention_matches_fused_and_numpy(t, past, heads, masked, monke
     expected = numpy_attention(q, k, v, 8**-0.5, None if mask is None else mask.numpy())
     np.testing.assert_allclose(ours, expected, atol=1e-5)
     np.testing.assert_allclose(fused, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [4.0, -4.0])  # exp of the raw scores overflows, or every score of a row underflows
+def test_attention_recomputes_blocks_whose_exp_leaves_float32(shift):
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, 4, 9, 8)).astype(np.float32) * 0.1 for _ in range(3))
+    q[..., 0], k[..., 0] = 1.0, shift  # every score near 60 * shift
+    mask = causal_mask(9, 0, "float32")
+    ours = attn.attention(*(paddle.to_tensor(x) for x in (q, k, v)), 60.0, mask).numpy()
+    expected = numpy_attention(q.astype(np.float64), k, v, 60.0, mask.numpy())
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_attention_stays_differentiable():
+    """With a gradient to compute, the CPU path stays in Paddle ops (NumPy records no graph)."""
+    rng = np.random.default_rng(2)
+    q, k, v = (paddle.to_tensor(rng.standard_normal((1, 2, 5, 8)).astype(np.float32)) for _ in range(3))
+    q.stop_gradient = False
+    out = attn.attention(q, k, v, 8**-0.5, causal_mask(5, 0, "float32"))
+    out.sum().backward()
+    fused = attn.fused_attention(q.detach(), k, v, 8**-0.5, causal_mask(5, 0, "float32"))
+    np.testing.assert_allclose(out.numpy(), fused.numpy(), atol=1e-5)
+    assert q.grad is not None and np.abs(q.grad.numpy()).sum() > 0

@@ -4,7 +4,6 @@ attention, the spatial transformer, the timestep embedding), and the CPU kernels
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import paddle
@@ -12,54 +11,14 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ..layers.attention import fused_attention as _fused_attention
-from ..runtime import math_threads
+from ..layers.attention import softmax_product
+from ..layers.cpu import host, in_parallel, on_cpu, permute
 
 
 # --- CPU kernels ---------------------------------------------------------------------------------
-# Paddle 3.3's CPU build copies permuted (strided) tensors 10-30x slower than NumPy does (measured for
-# (2, 4096, 8, 40) -> (2, 8, 4096, 40): 26 ms against 1.9 ms) and runs nearest_interp 5-7x slower, so on
-# the CPU layout changes, upsampling and the attention's softmax run in NumPy on the same memory (DLPack,
-# zero-copy), spread over the math threads; the matrix products stay in Paddle. Other devices use Paddle's ops.
-
-
-def on_cpu(x: paddle.Tensor) -> bool:
-    """Whether ``x`` takes the CPU float32 path."""
-    return x.place.is_cpu_place() and x.dtype == paddle.float32
-
-
-def host(x: paddle.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor's memory."""
-    return np.from_dlpack(x.detach())
-
-
-def permute(x: paddle.Tensor, perm: list[int]) -> paddle.Tensor:
-    """``x.transpose(perm)`` as a contiguous tensor."""
-    if on_cpu(x):
-        src = host(x).transpose(perm)
-        out = np.empty(src.shape, np.float32)
-        in_parallel(np.copyto, out, src)
-        return paddle.from_dlpack(out)
-    return x.transpose(perm).contiguous()
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def in_parallel(fn, *arrays: np.ndarray) -> list:
-    """``fn`` over slices of the arrays along their first axis longer than 1, on all the math threads
-    (NumPy releases the GIL), so NumPy's single-threaded kernels keep every core busy; fn's results."""
-    global _pool
-    threads = math_threads()
-    axis = next((i for i, n in enumerate(arrays[0].shape) if n > 1), 0)
-    size = arrays[0].shape[axis] if arrays[0].ndim else 1
-    if threads < 2 or size < 2 or arrays[0].size < (1 << 16):
-        return [fn(*arrays)]
-    if _pool is None:
-        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="mix-numpy")
-    bounds = np.linspace(0, size, min(threads, size) + 1).astype(int)
-    parts = [tuple(a[(slice(None),) * axis + (slice(lo, hi),)] for a in arrays) for lo, hi in zip(bounds, bounds[1:])]
-    futures = [_pool.submit(fn, *part) for part in parts[1:]]
-    return [fn(*parts[0])] + [f.result() for f in futures]
+# On the CPU, layout changes, upsampling and the attention's softmax run in NumPy on the tensors' memory
+# (mixcli.layers.cpu); Paddle's nearest_interp ran 5-7x slower than NumPy's repeat. Other devices use
+# Paddle's ops.
 
 
 def upsample2x(x: paddle.Tensor) -> paddle.Tensor:
@@ -100,7 +59,7 @@ def cpu_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, scale
             cols = slice(h * d, (h + group) * d)
             kh, vh = _heads(k[i, :, cols] * scale, group), _heads(v[i, :, cols], group)  # (G, S, D)
             for r in range(0, t, rows):
-                block = _attention_block(_heads(q[i, r : r + rows, cols], group), kh, vh)  # (G, rows, D)
+                block = softmax_product(_heads(q[i, r : r + rows, cols], group), kh, vh)  # (G, rows, D)
                 out[i, r : r + rows, h : h + group] = block.transpose(1, 0, 2)
     return out.reshape(b, t, width)
 
@@ -108,31 +67,6 @@ def cpu_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, scale
 def _heads(x: np.ndarray, group: int) -> paddle.Tensor:
     """(N, G*D) columns of G heads -> (G, N, D), contiguous."""
     return paddle.from_dlpack(np.ascontiguousarray(x.reshape(x.shape[0], group, -1).transpose(1, 0, 2)))
-
-
-def _attention_block(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor) -> np.ndarray:
-    """softmax(q k^T) v for a block of rows of G heads: (G, rows, D) against (G, S, D). The row maximum is
-    not subtracted: exp of the raw scores, normalised after the product with v, equals the softmax unless
-    exp overflows or every score of a row underflows, which the row sums reveal; such a block is
-    recomputed the usual way."""
-    scores = paddle.matmul(q, k, transpose_y=True)  # (G, rows, S)
-    probs = host(scores)
-    total = np.empty((*probs.shape[:-1], 1), np.float32)
-    in_parallel(_exp_sum, probs, total)
-    if not (1e-30 < total.min() and total.max() < np.inf):
-        scores = paddle.matmul(q, k, transpose_y=True)
-        probs = host(scores)
-        probs -= probs.max(-1, keepdims=True)
-        np.exp(probs, out=probs)
-        total = probs.sum(-1, keepdims=True)
-    return host(paddle.matmul(scores, v)) / total
-
-
-def _exp_sum(x: np.ndarray, total: np.ndarray) -> None:
-    """exp in place, and the row sums into ``total``."""
-    with np.errstate(over="ignore", under="ignore"):
-        np.exp(x, out=x)
-    np.sum(x, axis=-1, keepdims=True, out=total)
 
 
 # --- Winograd convolution (CPU) ----------------------------------------------------------------

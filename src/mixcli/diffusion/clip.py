@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 from ..layers import build_for_inference
 from ..layers.attention import attention
 from ..layers.decoder import causal_mask
+from ..layers.linear import Linear
 from ..weights import rename
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -163,7 +164,7 @@ class CLIPAttention(nn.Layer):
         super().__init__()
         h = cfg.hidden_size
         self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(h, h) for _ in range(4))
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Linear(h, h) for _ in range(4))
 
     def _heads(self, x: paddle.Tensor) -> paddle.Tensor:
         b, t, _ = x.shape
@@ -186,8 +187,8 @@ class CLIPMLP(nn.Layer):
                 f"text encoder activation {cfg.hidden_act!r} is not supported", f"known: {', '.join(ACTIVATIONS)}"
             )
         self.act = ACTIVATIONS[cfg.hidden_act]
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -255,7 +256,7 @@ class CLIPTextEncoder(nn.Layer):
         super().__init__()
         self.config = cfg
         self.text_model = CLIPTextTransformer(cfg)
-        self.text_projection = nn.Linear(cfg.hidden_size, cfg.projection_dim, bias_attr=False) if projection else None
+        self.text_projection = Linear(cfg.hidden_size, cfg.projection_dim, bias_attr=False) if projection else None
 
     def hidden_states(self, input_ids: paddle.Tensor) -> list[paddle.Tensor]:
         """transformers' output_hidden_states: the embeddings, then each layer's output (no final norm)."""

@@ -11,7 +11,8 @@ from paddle import nn
 
 from ..errors import CheckpointError
 from ..layers import build_for_inference
-from .blocks import Attention, Conv, Downsample2D, ResnetBlock2D, Upsample2D, permute
+from ..layers.cpu import permute
+from .blocks import Attention, Conv, Downsample2D, ResnetBlock2D, Upsample2D
 
 EPS = 1e-6  # every norm in diffusers' Encoder/Decoder
 

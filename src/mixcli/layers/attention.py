@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
+
+from .cpu import host, in_parallel, on_cpu
 
 # Score blocks up to this size stay in this CPU's cache; measured for 16 heads x 1025 tokens:
 # 2 heads at a time (8 MiB of scores) ran the softmax 2.3x faster than all 16 at once.
@@ -22,14 +25,50 @@ def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float
     b, h, t, d = q.shape
     step = heads_per_block(t, k.shape[2], h, q.element_size())
     q = q * scale
+    if on_cpu(q):
+        out = np.empty((b, h, t, d), np.float32)
+        for start in range(0, h, step):
+            heads = slice(start, start + step)
+            softmax_product(q[:, heads], k[:, heads], v[:, heads], mask, out=out[:, heads])
+        return paddle.from_dlpack(out)
     blocks = []
     for start in range(0, h, step):
-        scores = paddle.matmul(q[:, start : start + step], k[:, start : start + step], transpose_y=True)
-        if mask is not None:
-            scores = scores + mask
+        scores = _scores(q[:, start : start + step], k[:, start : start + step], mask)
         probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
         blocks.append(paddle.matmul(probs, v[:, start : start + step]))
     return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=1)
+
+
+def softmax_product(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask=None, out=None) -> np.ndarray:
+    """softmax(q k^T + mask) v for float32 CPU tensors: q (..., T, D) already scaled, k and v (..., S, D).
+
+    The row maximum is not subtracted: exp of the raw scores, normalised after the product with v,
+    equals the softmax unless exp overflows or every score of a row underflows, which the row sums
+    reveal; such a block is recomputed the usual way. NumPy's exp over the scores' memory, on all the
+    math threads, runs ~3x faster than Paddle's softmax here."""
+    scores = _scores(q, k, mask)
+    probs = host(scores)
+    total = np.empty((*probs.shape[:-1], 1), np.float32)
+    in_parallel(_exp_sum, probs, total)
+    if not (1e-30 < total.min() and total.max() < np.inf):
+        scores = _scores(q, k, mask)
+        probs = host(scores)
+        probs -= probs.max(-1, keepdims=True)
+        np.exp(probs, out=probs)
+        total = probs.sum(-1, keepdims=True)
+    return np.divide(host(paddle.matmul(scores, v)), total, out=out)
+
+
+def _scores(q: paddle.Tensor, k: paddle.Tensor, mask) -> paddle.Tensor:
+    scores = paddle.matmul(q, k, transpose_y=True)
+    return scores if mask is None else scores + mask
+
+
+def _exp_sum(x: np.ndarray, total: np.ndarray) -> None:
+    """exp in place, and the row sums into ``total``."""
+    with np.errstate(over="ignore", under="ignore"):
+        np.exp(x, out=x)
+    np.sum(x, axis=-1, keepdims=True, out=total)
 
 
 def fused_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None) -> paddle.Tensor:

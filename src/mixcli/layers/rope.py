@@ -8,7 +8,6 @@ import paddle
 from paddle import nn
 
 from .. import ext
-from ..ext.reference import rotate_half  # noqa: F401  (re-exported: the vision towers rotate with it)
 
 
 class RotaryEmbedding(nn.Layer):

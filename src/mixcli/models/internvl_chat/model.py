@@ -15,6 +15,7 @@ from PIL import Image
 from ...errors import MixError
 from ...layers import for_inference
 from ...layers.decoder import CausalLM
+from ...layers.linear import Linear
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
 from ...weights import linear_weight_names, load_into, open_checkpoint
@@ -47,8 +48,8 @@ class Projector(nn.Layer):
     def __init__(self, vit_dim: int, llm_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(vit_dim)
-        self.fc1 = nn.Linear(vit_dim, llm_dim)
-        self.fc2 = nn.Linear(llm_dim, llm_dim)
+        self.fc1 = Linear(vit_dim, llm_dim)
+        self.fc2 = Linear(llm_dim, llm_dim)
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(self.norm(x))))

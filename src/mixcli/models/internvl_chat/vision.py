@@ -7,6 +7,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from ...layers.attention import attention
+from ...layers.linear import Linear
 from ...layers.norm import LayerNorm, RMSNorm
 from .config import VisionConfig
 
@@ -47,12 +48,12 @@ class VisionAttention(nn.Layer):
         super().__init__()
         d = cfg.hidden_size
         self.heads, self.head_dim = cfg.num_attention_heads, d // cfg.num_attention_heads
-        self.qkv = nn.Linear(d, 3 * d, bias_attr=None if cfg.qkv_bias else False)
+        self.qkv = Linear(d, 3 * d, bias_attr=None if cfg.qkv_bias else False)
         self.qk_normalization = cfg.qk_normalization
         if cfg.qk_normalization:
             self.q_norm = RMSNorm(d, cfg.layer_norm_eps)
             self.k_norm = RMSNorm(d, cfg.layer_norm_eps)
-        self.proj = nn.Linear(d, d)
+        self.proj = Linear(d, d)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         b, n, c = x.shape
@@ -74,8 +75,8 @@ class VisionAttention(nn.Layer):
 class VisionMLP(nn.Layer):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x)))

@@ -10,8 +10,9 @@ from paddle import nn
 
 from ... import ext
 from ...layers.attention import attention
+from ...layers.linear import Linear
 from ...layers.norm import LayerNorm, RMSNorm
-from ...layers.rope import rotate_half
+from ...layers.rope import apply_rotary
 from .config import VisionConfig
 
 ACTIVATIONS = {
@@ -76,16 +77,16 @@ class VisionAttention(nn.Layer):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
-        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.qkv = Linear(cfg.embed_dim, 3 * cfg.embed_dim)
+        self.proj = Linear(cfg.embed_dim, cfg.embed_dim)
 
     def forward(self, x: paddle.Tensor, cos, sin, lengths: list[int]) -> paddle.Tensor:
         n = x.shape[0]
         # One copy into head-major order: Paddle's ops run several times slower on strided views.
         qkv = self.qkv(x).reshape([n, 3, self.heads, self.head_dim]).transpose([1, 2, 0, 3]).contiguous()
-        # Upstream rotates q and k in float32 (apply_rotary_pos_emb_vision); one rotation for both.
-        qk = qkv[:2].astype("float32")  # (2, H, N, D)
-        qk = (qk * cos + rotate_half(qk) * sin).astype(qkv.dtype)
+        # Upstream rotates q and k in float32 (apply_rotary_pos_emb_vision); one fused rotation for both.
+        qk = apply_rotary(_as_float32(qkv[:2]), cos, sin)  # (2, H, N, D)
+        qk = qk if qk.dtype == qkv.dtype else qk.astype(qkv.dtype)
         q, k, v = qk[0], qk[1], qkv[2]
         outs, start = [], 0
         for length in lengths:  # one frame at a time
@@ -96,12 +97,16 @@ class VisionAttention(nn.Layer):
         return self.proj(out.transpose([1, 0, 2]).reshape([n, -1]))
 
 
+def _as_float32(x: paddle.Tensor) -> paddle.Tensor:
+    return x if x.dtype == paddle.float32 else x.astype("float32")
+
+
 class VisionMLP(nn.Layer):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         hidden = int(cfg.embed_dim * cfg.mlp_ratio)
-        self.fc1 = nn.Linear(cfg.embed_dim, hidden)
-        self.fc2 = nn.Linear(hidden, cfg.embed_dim)
+        self.fc1 = Linear(cfg.embed_dim, hidden)
+        self.fc2 = Linear(hidden, cfg.embed_dim)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
@@ -113,9 +118,9 @@ class VisionSwiGLU(nn.Layer):
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.embed_dim, cfg.intermediate_size)
-        self.up_proj = nn.Linear(cfg.embed_dim, cfg.intermediate_size)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.embed_dim)
+        self.gate_proj = Linear(cfg.embed_dim, cfg.intermediate_size)
+        self.up_proj = Linear(cfg.embed_dim, cfg.intermediate_size)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.embed_dim)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
@@ -146,7 +151,7 @@ class PatchMerger(nn.Layer):
         super().__init__()
         self.width = cfg.embed_dim * cfg.spatial_merge_size**2
         self.ln_q = make_norm(cfg)
-        self.mlp = nn.Sequential(nn.Linear(self.width, self.width), nn.GELU(), nn.Linear(self.width, cfg.hidden_size))
+        self.mlp = nn.Sequential(Linear(self.width, self.width), nn.GELU(), Linear(self.width, cfg.hidden_size))
 
     def forward(self, x):
         return self.mlp(self.ln_q(x).reshape([-1, self.width]))
@@ -165,11 +170,11 @@ class VisionTransformer(nn.Layer):
         self.inv_freq = 1.0 / (10000.0 ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
 
     def rotary(self, grid_thw: np.ndarray) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """cos, sin (1, N, D): angles of the row then the column, the pair repeated (rotate-half)."""
+        """cos, sin (N, D): angles of the row then the column, the pair repeated (rotate-half)."""
         pos = vision_positions(grid_thw, self.config.spatial_merge_size).astype(np.float32)
         freqs = (pos[:, :, None] * self.inv_freq).reshape(len(pos), -1)  # (N, D/2): h freqs, then w freqs
         emb = paddle.to_tensor(np.concatenate([freqs, freqs], axis=-1))
-        return emb.cos()[None], emb.sin()[None]
+        return emb.cos(), emb.sin()
 
     def forward(self, patches: paddle.Tensor, grid_thw: np.ndarray) -> paddle.Tensor:
         cfg = self.config
@@ -189,7 +194,7 @@ class VisionTransformer(nn.Layer):
         return paddle.gather(self.merger(x), paddle.to_tensor(np.argsort(order)))
 
     def _permute(self, t: paddle.Tensor, order: np.ndarray) -> paddle.Tensor:
-        """Reorder rows (of x (N, E) or cos/sin (1, N, D)) by merge unit."""
+        """Reorder rows (of x (N, E) or cos/sin (N, D)) by merge unit."""
         unit = self.config.spatial_merge_size**2
         shape = t.shape
         grouped = t.reshape([-1, unit, shape[-1]])
