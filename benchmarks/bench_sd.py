@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sides import Side
+
 # stable-diffusion-v1-5/stable-diffusion-v1-5: unet/config.json and vae/config.json (the fields that shape the nets).
 SD15_UNET = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -109,61 +111,30 @@ def diffusers_runner(part: str, path: Path):
     return run
 
 
-def serve(side: str, part: str, folder: str) -> None:
-    """The child's loop: load, then on each "run" line run once and answer the seconds taken (the first run
-    also saves its output next to the weights); on "rss" answer the peak RSS in GB."""
+def commands(side: str, part: str, folder: str) -> dict:
+    """The child's commands: "run" runs once and answers the seconds taken (the first run also saves its
+    output next to the weights)."""
     run = (mix_runner if side == "mix" else diffusers_runner)(part, Path(folder) / part)
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() == "rss":  # VmHWM: unlike ru_maxrss it is not inherited from the parent across exec
-            status = Path("/proc/self/status").read_text()
-            print(int(status.split("VmHWM:")[1].split()[0]) / 1e6, flush=True)
-            continue
+    saved = Path(folder) / f"{side}_{part}.npy"
+
+    def timed() -> float:
         start = time.perf_counter()
         out = run()
-        print(time.perf_counter() - start, flush=True)
-        if not (Path(folder) / f"{side}_{part}.npy").exists():
-            np.save(Path(folder) / f"{side}_{part}.npy", out)
+        seconds = time.perf_counter() - start
+        if not saved.exists():
+            np.save(saved, out)
+        return seconds
 
-
-class Side:
-    """One side in its own process."""
-
-    def __init__(self, side: str, part: str, folder: Path):
-        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_sd; bench_sd.serve(*sys.argv[1:])"
-        self.log = folder / f"{side}_{part}.log"
-        with open(self.log, "w") as log:
-            command = [sys.executable, "-W", "ignore", "-c", code, side, part, str(folder)]
-            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
-        self.expect("ready")
-
-    def expect(self, answer: str) -> str:
-        line = self.proc.stdout.readline().strip()
-        if not line or (answer and line != answer):
-            raise RuntimeError(f"the {self.log.stem} process failed:\n{self.log.read_text()[-2000:]}")
-        return line
-
-    def ask(self, request: str) -> float:
-        self.proc.stdin.write(request + "\n")
-        self.proc.stdin.flush()
-        return float(self.expect(""))
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+    return {"run": timed}
 
 
 def side_by_side(benchmark, part: str, folder: Path) -> None:
     """Time mix with pytest-benchmark and diffusers in each round's setup, alternating, then report."""
-    mix, ref = Side("mix", part, folder), Side("diffusers", part, folder)
-    try:
+    with Side("bench_sd", "mix", part, folder) as mix, Side("bench_sd", "diffusers", part, folder) as ref:
         theirs, mine = [], []
         benchmark.pedantic(lambda: mine.append(mix.ask("run")), setup=lambda: theirs.append(ref.ask("run")),
                            rounds=ROUNDS, warmup_rounds=1)  # fmt: skip
         peak = {"mix_peak_rss_gb": round(mix.ask("rss"), 2), "diffusers_peak_rss_gb": round(ref.ask("rss"), 2)}
-    finally:
-        mix.close()
-        ref.close()
     got, expected = np.load(folder / f"mix_{part}.npy"), np.load(folder / f"diffusers_{part}.npy")
     mine_s, theirs_s = statistics.median(mine[-ROUNDS:]), statistics.median(theirs[-ROUNDS:])
     benchmark.extra_info.update(

@@ -54,3 +54,29 @@ def test_attention_stays_differentiable():
     fused = attn.fused_attention(q.detach(), k, v, 8**-0.5, causal_mask(5, 0, "float32"))
     np.testing.assert_allclose(out.numpy(), fused.numpy(), atol=1e-5)
     assert q.grad is not None and np.abs(q.grad.numpy()).sum() > 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_last_position_logits_skip_the_last_block_for_the_rest(fused):
+    """forward() without all_logits runs the last block's attention and MLP for the last position only;
+    its logits and every layer's cached keys and values equal the full computation's."""
+    from mixcli.layers import for_inference
+    from mixcli.layers.decoder import CausalLM, DecoderConfig
+
+    paddle.seed(0)
+    cfg = DecoderConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, qkv_bias=True)  # fmt: skip
+    lm = for_inference(CausalLM(cfg))
+    if fused:
+        lm.fuse()
+    embeds = paddle.randn([1, 7, 32])
+    runs = []
+    for all_logits in (True, False):
+        cache = lm.make_cache(1, 16)
+        lm(embeds[:, :3], cache, all_logits=True)  # a cached prefix, then a chunk of 4
+        runs.append((lm(embeds[:, 3:], cache, all_logits=all_logits).numpy(), cache))
+    (full, full_cache), (last, last_cache) = runs
+    np.testing.assert_allclose(last, full[:, -1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(full_cache.keys + full_cache.values, last_cache.keys + last_cache.values):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert full_cache.offset == last_cache.offset == 7

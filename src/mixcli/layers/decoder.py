@@ -78,7 +78,9 @@ class Attention(nn.Layer):
             return paddle.split(self.qkv_proj(x), [(self.h + self.hkv) * self.d, self.hkv * self.d], axis=-1)
         return paddle.concat([self.q_proj(x), self.k_proj(x)], axis=-1), self.v_proj(x)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache, layer: int):
+    def forward(self, x, cos, sin, mask, cache: KVCache, layer: int, last_only: bool = False):
+        """Attention output for every position, or for the last one only when last_only (the keys and
+        values of every position still go into the cache)."""
         b, t, _ = x.shape
         qk, v = self.project(x)
         # Head-major copies: Paddle's ops run several times slower on strided views. One rotation for q
@@ -87,6 +89,8 @@ class Attention(nn.Layer):
         q, k = paddle.split(qk, [self.h, self.hkv], axis=1)
         v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3]).contiguous()  # (B, Hkv, T, D)
         k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
+        if last_only and t > 1:  # the last query sees every key: no mask
+            q, mask, t = q[:, :, -1:], None, 1
         out = grouped_attention(q, k, v, mask, self.hkv)
         return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, self.h * self.d]))
 
@@ -140,12 +144,14 @@ class DecoderLayer(nn.Layer):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, residual, cos, sin, mask, cache, layer):
+    def forward(self, x, residual, cos, sin, mask, cache, layer, last_only: bool = False):
         if residual is None:
             normed, residual = self.input_layernorm(x), x
         else:
             normed, residual = self.input_layernorm.add_forward(x, residual)
-        h = self.self_attn(normed, cos, sin, mask, cache, layer)
+        h = self.self_attn(normed, cos, sin, mask, cache, layer, last_only)
+        if last_only:
+            residual = residual[:, -1:]
         normed, residual = self.post_attention_layernorm.add_forward(h, residual)
         return self.mlp(normed), residual
 
@@ -197,9 +203,11 @@ class CausalLM(nn.Layer):
         return KVCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, max_len, dtype)
 
     def hidden_states(
-        self, embeds: paddle.Tensor, cache: KVCache, positions=None, position_offset: int = 0
+        self, embeds: paddle.Tensor, cache: KVCache, positions=None, position_offset: int = 0, last_only: bool = False
     ) -> paddle.Tensor:
-        """Run the blocks on (B, T, H) embeddings placed after the cached tokens.
+        """Run the blocks on (B, T, H) embeddings placed after the cached tokens: final hidden states
+        (B, T, H), or (B, 1, H) of the last position when last_only, which spares the last block's
+        attention and MLP for the other positions (only their keys and values are needed).
 
         Rotary positions are cache.offset + position_offset onwards, or the (3, T) multimodal
         positions given (M-RoPE, needs config.mrope_section).
@@ -210,9 +218,9 @@ class CausalLM(nn.Layer):
         else:
             cos, sin = self.rotary(past + position_offset, t, embeds.dtype)
         mask = causal_mask(t, past, embeds.dtype) if t > 1 else None
-        x, residual = embeds, None
+        x, residual, last = embeds, None, len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
-            x, residual = layer(x, residual, cos, sin, mask, cache, i)
+            x, residual = layer(x, residual, cos, sin, mask, cache, i, last_only and i == last)
         cache.advance(t)
         return self.model.norm(x) if residual is None else self.model.norm.add_forward(x, residual)[0]
 
@@ -233,7 +241,7 @@ class CausalLM(nn.Layer):
         fast = self.fast_decoder() if single else None
         if fast is not None:
             return paddle.from_dlpack(fast.step(view(embeds)[0, 0], cache, cache.offset + position_offset)[None])
-        hidden = self.hidden_states(embeds, cache, positions, position_offset)
+        hidden = self.hidden_states(embeds, cache, positions, position_offset, last_only=not all_logits)
         if not all_logits:
             hidden = hidden[:, -1]
         return self.logits(hidden).astype("float32")
