@@ -13,6 +13,7 @@ from paddle import nn
 from ..layers.attention import fused_attention as _fused_attention
 from ..layers.attention import softmax_product
 from ..layers.cpu import host, in_parallel, on_cpu, permute
+from ..layers.linear import Linear, biased_product
 
 
 # --- CPU kernels ---------------------------------------------------------------------------------
@@ -180,17 +181,6 @@ def _rows(x: np.ndarray, lo: int, hi: int) -> paddle.Tensor:
 
 
 # --- layers ---------------------------------------------------------------------------------------
-
-
-class Linear(nn.Linear):
-    """paddle.nn.Linear (same parameters) adding the bias inside the matrix product (addmm) on the CPU,
-    which saves a pass over the output."""
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.bias is None or not on_cpu(x):
-            return super().forward(x)
-        out = paddle.addmm(self.bias.unsqueeze(0), x.reshape([-1, x.shape[-1]]), self.weight)
-        return out.reshape([*x.shape[:-1], self.weight.shape[1]])
 
 
 class Conv(nn.Conv2D):
@@ -414,5 +404,4 @@ def pointwise(layer: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
     weight = layer.weight.reshape(layer.weight.shape[:2])  # (out, in)
     if not on_cpu(x):
         return paddle.matmul(x, weight, transpose_y=True) + layer.bias
-    out = paddle.addmm(layer.bias.unsqueeze(0), x.reshape([-1, x.shape[-1]]), permute(weight, [1, 0]))
-    return out.reshape([*x.shape[:-1], weight.shape[0]])
+    return biased_product(x, permute(weight, [1, 0]), layer.bias)
