@@ -11,9 +11,10 @@ import torch
 from diffusers import UNet2DConditionModel as RefUNet
 from sd_ref import write_sd15, write_sdxl
 
-from mixcli.diffusion import blocks
+from mixcli.diffusion import blocks, winograd
 from mixcli.diffusion.unet import UNetConfig, build_unet
 from mixcli.errors import CheckpointError
+from mixcli.layers import cpu
 from mixcli.weights import open_checkpoint
 
 FP16_FILE = "diffusion_pytorch_model.fp16.safetensors"
@@ -100,8 +101,8 @@ def test_parity(folders, name, shape, timestep):
 @pytest.mark.parametrize("name", ["sd15", "sdxl"])
 def test_parity_through_the_cpu_kernels_at_any_size(folders, name, monkeypatch):
     """The Winograd convolutions (F(4x4, 3x3)) serve large maps only; forced here on the tiny model."""
-    monkeypatch.setattr(blocks, "WINOGRAD_MIN_TILES", 1)
-    monkeypatch.setattr(blocks, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
     calls = []
     monkeypatch.setattr(blocks, "winograd_conv", lambda *args, **kw: calls.append(kw) or WINOGRAD(*args, **kw))
     folder = folders[name]
@@ -111,12 +112,13 @@ def test_parity_through_the_cpu_kernels_at_any_size(folders, name, monkeypatch):
     assert len(calls) > 10 and {"upsample": True} in calls
 
 
-WINOGRAD = blocks.winograd_conv
+WINOGRAD = winograd.winograd_conv
 
 
 def test_parity_through_paddle_ops_only(folders, monkeypatch):
     """The path other devices take (Paddle's own attention, upsampling and convolutions), run on the CPU."""
-    monkeypatch.setattr(blocks, "on_cpu", lambda x: False)
+    for module in (blocks, winograd, cpu):
+        monkeypatch.setattr(module, "on_cpu", lambda x: False)
     folder = folders["sdxl"]
     ours, ref = load_pair(folder)
     inputs = random_inputs(config_of(folder), (2, 4, 8, 12))
@@ -129,21 +131,21 @@ def test_parity_through_paddle_ops_only(folders, monkeypatch):
     "shape, out_channels", [((2, 8, 16, 12), 16), ((1, 32, 8, 8), 4), ((3, 5, 4, 20), 7), ((1, 3, 12, 4), 2)]
 )
 def test_winograd_convolution(shape, out_channels, band_bytes, conv_tiles, monkeypatch):
-    monkeypatch.setattr(blocks, "WINOGRAD_BAND_BYTES", band_bytes)
-    monkeypatch.setattr(blocks, "WINOGRAD_CONV_TILES", conv_tiles)
+    monkeypatch.setattr(winograd, "WINOGRAD_BAND_BYTES", band_bytes)
+    monkeypatch.setattr(winograd, "WINOGRAD_CONV_TILES", conv_tiles)
     rng = np.random.default_rng(0)
     x = paddle.to_tensor(rng.standard_normal(shape, dtype=np.float32))
     weight = paddle.to_tensor(rng.standard_normal((out_channels, shape[1], 3, 3), dtype=np.float32))
     bias = paddle.to_tensor(rng.standard_normal(out_channels, dtype=np.float32))
     shift = paddle.to_tensor(rng.standard_normal((shape[0], out_channels), dtype=np.float32))
     expected = paddle.nn.functional.conv2d(x, weight, bias, padding=1) + shift[:, :, None, None]
-    assert_close(blocks.winograd_conv(x, weight, bias, shift).numpy(), expected.numpy())
+    assert_close(winograd.winograd_conv(x, weight, bias, shift).numpy(), expected.numpy())
     expected = paddle.nn.functional.conv2d(x, weight, padding=1).numpy()
-    assert_close(blocks.winograd_conv(x, weight, None).numpy(), expected)
+    assert_close(winograd.winograd_conv(x, weight, None).numpy(), expected)
     # fused with a 2x nearest upsampling of the input (Upsample2D)
     small = x[:, :, ::2, ::2]
     expected = paddle.nn.functional.conv2d(blocks.upsample2x(small), weight, bias, padding=1).numpy()
-    assert_close(blocks.winograd_conv(small, weight, bias, upsample=True).numpy(), expected)
+    assert_close(winograd.winograd_conv(small, weight, bias, upsample=True).numpy(), expected)
 
 
 @pytest.mark.parametrize("block_bytes", [16 << 20, 400])  # all heads and rows at once, or a head and 5 rows

@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL as RefVAE
 from sd_ref import write_sd15, write_sdxl
 
-from mixcli.diffusion import blocks
+from mixcli.diffusion import blocks, winograd
 from mixcli.diffusion.vae import VAEConfig, build_vae
 from mixcli.errors import CheckpointError
 from mixcli.weights import open_checkpoint
@@ -85,9 +85,9 @@ def test_encode(folders, name):
 def test_cpu_kernels_at_any_size(folders, path, monkeypatch):
     """The Winograd and the banded convolutions serve large maps only; forced here on the tiny VAE."""
     if path == "winograd":
-        monkeypatch.setattr(blocks, "WINOGRAD_MIN_TILES", 1)
-        monkeypatch.setattr(blocks, "WINOGRAD_MIN_CHANNELS", 1)
-        monkeypatch.setattr(blocks, "WINOGRAD_BAND_BYTES", 1 << 16)
+        monkeypatch.setattr(winograd, "WINOGRAD_MIN_TILES", 1)
+        monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
+        monkeypatch.setattr(winograd, "WINOGRAD_BAND_BYTES", 1 << 16)
     else:
         monkeypatch.setattr(blocks, "IM2COL_BYTES", 1 << 14)
     ours, ref = load_pair(folders["sd15"])
