@@ -15,7 +15,6 @@ def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 3) -> float:
     from ..runtime import import_paddle
 
     import_paddle()
-
     buffer = np.ones(nbytes // 4, dtype=np.float32)
     best = float("inf")
     for _ in range(repeats + 1):
