@@ -6,12 +6,8 @@ random checkpoint (see vlm_sides: each side in its own process, one at a time).
 
 from __future__ import annotations
 
-import pytest
-
 from internvl_ref import TinyInternVL, reference_model, write_checkpoint
-from mixcli.bench import read_bandwidth_in_child
 from vlm_sides import QUESTION, decode_report, first_token_report, image, mix_commands, transformers_commands
-from vlm_sides import write_in_child
 
 # OpenGVLab/InternVL2-1B: InternViT-300M-448px + Qwen2-0.5B-Instruct.
 INTERNVL2_1B = TinyInternVL(
@@ -46,19 +42,9 @@ def commands(side: str, folder: str) -> dict:
     return transformers_commands(generate)
 
 
-@pytest.fixture(scope="module")
-def bandwidth():
-    return read_bandwidth_in_child()
+def test_time_to_first_token(benchmark, vlm_checkpoint):
+    first_token_report(benchmark, __name__, vlm_checkpoint)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    yield from write_in_child("bench_internvl", tmp_path_factory.mktemp("internvl2-1b"))
-
-
-def test_time_to_first_token(benchmark, checkpoint):
-    first_token_report(benchmark, "bench_internvl", checkpoint)
-
-
-def test_decode_tokens_per_second(benchmark, checkpoint, bandwidth):
-    decode_report(benchmark, "bench_internvl", checkpoint, bandwidth)
+def test_decode_tokens_per_second(benchmark, vlm_checkpoint, bandwidth):
+    decode_report(benchmark, __name__, vlm_checkpoint, bandwidth)

@@ -6,12 +6,8 @@ random checkpoint (see vlm_sides: each side in its own process, one at a time). 
 
 from __future__ import annotations
 
-import pytest
-
-from mixcli.bench import read_bandwidth_in_child
 from qwen2_vl_ref import TinyQwen2VL, reference_inputs, reference_processor, write_checkpoint
 from vlm_sides import QUESTION, decode_report, first_token_report, image, mix_commands, transformers_commands
-from vlm_sides import write_in_child
 
 # Qwen/Qwen2-VL-2B-Instruct: a 675M-parameter vision tower + Qwen2-1.5B (tied embeddings).
 QWEN2_VL_2B = TinyQwen2VL(
@@ -44,19 +40,9 @@ def commands(side: str, folder: str) -> dict:
     return transformers_commands(generate)
 
 
-@pytest.fixture(scope="module")
-def bandwidth():
-    return read_bandwidth_in_child()
+def test_time_to_first_token(benchmark, vlm_checkpoint):
+    first_token_report(benchmark, __name__, vlm_checkpoint)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    yield from write_in_child("bench_qwen2_vl", tmp_path_factory.mktemp("qwen2-vl-2b"))
-
-
-def test_time_to_first_token(benchmark, checkpoint):
-    first_token_report(benchmark, "bench_qwen2_vl", checkpoint)
-
-
-def test_decode_tokens_per_second(benchmark, checkpoint, bandwidth):
-    decode_report(benchmark, "bench_qwen2_vl", checkpoint, bandwidth)
+def test_decode_tokens_per_second(benchmark, vlm_checkpoint, bandwidth):
+    decode_report(benchmark, __name__, vlm_checkpoint, bandwidth)

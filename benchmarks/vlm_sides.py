@@ -3,8 +3,8 @@ and mix against transformers, each in its own process and one at a time (two fp3
 would not fit this machine's memory beside each other). Reports time to first token (vision encoding +
 prefill) and decode tokens/s with their ratios, and decode's share of the memory-bandwidth bound.
 
-A benchmark module using it defines ``write(folder)`` (the checkpoint) and ``commands(side, folder)``,
-built from ``mix_commands`` and ``transformers_commands``.
+A benchmark module using it defines ``write(folder)`` (the checkpoint, which conftest's ``vlm_checkpoint``
+fixture writes) and ``commands(side, folder)``, built from ``mix_commands`` and ``transformers_commands``.
 """
 
 from __future__ import annotations
