@@ -80,3 +80,15 @@ def test_last_position_logits_skip_the_last_block_for_the_rest(fused):
     for a, b in zip(full_cache.keys + full_cache.values, last_cache.keys + last_cache.values):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert full_cache.offset == last_cache.offset == 7
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_long_sequences_are_attended_in_blocks_of_rows(masked, monkeypatch):
+    monkeypatch.setattr(attn, "SCORE_BLOCK_BYTES", 5 * 40 * 4)  # one head, 5 query rows at a time
+    assert attn.rows_per_block(23, 40, 1, 4) == 5
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 3, n, 8)).astype(np.float32) for n in (23, 40, 40))
+    mask = causal_mask(23, 17, "float32") if masked else None
+    ours = attn.attention(*(paddle.to_tensor(x) for x in (q, k, v)), 8**-0.5, mask).numpy()
+    expected = numpy_attention(q, k, v, 8**-0.5, None if mask is None else mask.numpy())
+    np.testing.assert_allclose(ours, expected, atol=1e-5)

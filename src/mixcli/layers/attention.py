@@ -18,6 +18,12 @@ def heads_per_block(t: int, s: int, heads: int, itemsize: int) -> int:
     return max(1, min(heads, SCORE_BLOCK_BYTES // per_head))
 
 
+def rows_per_block(t: int, s: int, heads: int, itemsize: int) -> int:
+    """Query rows per block of `heads` heads: all of them unless their scores pass SCORE_BLOCK_BYTES
+    (long sequences: a 10,000-patch image's scores are 400 MB a head, passed over three times)."""
+    return max(1, min(t, SCORE_BLOCK_BYTES // max(1, s * itemsize * heads)))
+
+
 def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None) -> paddle.Tensor:
     """softmax(q k^T * scale + mask) v for (B, H, T, D) queries against (B, H, S, D) keys and values."""
     if not q.place.is_cpu_place():
@@ -27,9 +33,15 @@ def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float
     q = q * scale
     if on_cpu(q):
         out = np.empty((b, h, t, d), np.float32)
+        rows = rows_per_block(t, k.shape[2], step, 4)
         for start in range(0, h, step):
             heads = slice(start, start + step)
-            softmax_product(q[:, heads], k[:, heads], v[:, heads], mask, out=out[:, heads])
+            kh, vh = k[:, heads], v[:, heads]
+            for first in range(0, t, rows):
+                part = slice(first, first + rows)
+                qh = q[:, heads] if rows == t else q[:, heads, part]
+                masked = mask if mask is None or rows == t else mask[..., part, :]
+                softmax_product(qh, kh, vh, masked, out=out[:, heads, part])
         return paddle.from_dlpack(out)
     blocks = []
     for start in range(0, h, step):
