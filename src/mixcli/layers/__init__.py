@@ -10,14 +10,15 @@ def for_inference(layer):
     return layer
 
 
-def build_for_inference(make, weights, dtype: str | None = None):
-    """``make()`` built without initialising its parameters, the checkpoint's tensors (torch layout,
-    Linear weights transposed) loaded into it in ``dtype``, ready for inference."""
+def build_for_inference(make, weights, dtype: str | None = None, layout: str | None = None):
+    """``make()`` built without initialising its parameters, the checkpoint's tensors loaded into it
+    in ``dtype`` (Linear weights transposed when ``layout``, default the weights' own, is torch's),
+    ready for inference."""
     import paddle
 
     from ..weights import linear_weight_names, load_into
 
     with paddle.LazyGuard():
         layer = make()
-    load_into(layer, weights, transpose=linear_weight_names(layer), dtype=dtype)
+    load_into(layer, weights, transpose=linear_weight_names(layer), dtype=dtype, layout=layout)
     return for_inference(layer)

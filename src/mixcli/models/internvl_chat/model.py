@@ -13,12 +13,12 @@ from paddle import nn
 from PIL import Image
 
 from ...errors import MixError
-from ...layers import for_inference
+from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
 from ...layers.linear import Linear
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
-from ...weights import linear_weight_names, load_into, open_checkpoint
+from ...weights import open_checkpoint
 from .config import InternVLConfig
 from .conversation import get_template
 from .processing import IMG_CONTEXT, build_prompt_text, pixel_values, question_with_frames, question_with_images
@@ -223,12 +223,7 @@ def with_frames(turns: list[tuple[str, str | None]], n_frames: int) -> list[tupl
 def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False) -> InternVL:
     """Build the network from config.json and load the original checkpoint into it."""
     cfg = InternVLConfig.from_dict(config)
-    with paddle.LazyGuard():
-        net = InternVLChat(cfg)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
-    load_into(
-        net, sanitize(checkpoint, cfg), transpose=linear_weight_names(net), dtype=dtype, layout=checkpoint.layout
-    )
+    net = build_for_inference(lambda: InternVLChat(cfg), sanitize(checkpoint, cfg), dtype, checkpoint.layout)
     net.language_model.fuse()
-    for_inference(net)
     return InternVL(net, TextTokenizer.from_dir(path), Path(path))

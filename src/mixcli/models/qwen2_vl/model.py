@@ -12,11 +12,11 @@ from paddle import nn
 from PIL import Image
 
 from ...errors import MixError
-from ...layers import for_inference
+from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
-from ...weights import linear_weight_names, load_into, open_checkpoint
+from ...weights import open_checkpoint
 from .config import Qwen2VLConfig
 from .processing import (
     IMAGE_PAD,
@@ -216,10 +216,7 @@ def load(
     if max_pixels is not None:
         processor.max_pixels = video_processor.max_pixels_cap = max_pixels
         check_max_pixels(processor)
-    with paddle.LazyGuard():
-        net = Qwen2VLNet(cfg)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
-    load_into(net, sanitize(checkpoint, cfg), transpose=linear_weight_names(net), dtype=dtype, layout=checkpoint.layout)
+    net = build_for_inference(lambda: Qwen2VLNet(cfg), sanitize(checkpoint, cfg), dtype, checkpoint.layout)
     net.language_model.fuse()
-    for_inference(net)
     return Qwen2VL(net, TextTokenizer.from_dir(path), Path(path), processor, video_processor)
