@@ -20,6 +20,7 @@ from internvl_ref import (
 )
 from mixcli.generation import SamplingConfig, generate
 from mixcli.models import load_model
+from vlm_checks import assert_fast_decode_matches_paddle
 
 VARIANTS = {
     "qwen2-hermes": TinyInternVL(),
@@ -132,19 +133,5 @@ def test_sanitize_is_idempotent(checkpoint):
 
 
 def test_fast_decode_path_matches_paddle_path(checkpoint, monkeypatch):
-    """Decoding on CPU runs in NumPy (layers/fastdecode.py, layers/linear.py); MIX_FAST_DECODE=0 is the Paddle oracle."""
     _, _, model, _ = checkpoint
-    prompt = model.prepare([("Hello?", None)], [picture(64, 64)])
-
-    def logits_of_three_steps() -> np.ndarray:
-        cache = model.make_cache(len(prompt.ids) + 3)
-        out = [model.forward(model.embed_prompt(prompt), cache).numpy()]
-        for token in prompt.ids[-3:-1]:
-            out.append(model.forward(model.embed_tokens([token]), cache).numpy())
-        return np.concatenate(out)
-
-    assert model.net.language_model.fast_decoder() is not None
-    fast = logits_of_three_steps()
-    monkeypatch.setenv("MIX_FAST_DECODE", "0")
-    assert model.net.language_model.fast_decoder() is None
-    np.testing.assert_allclose(fast, logits_of_three_steps(), atol=1e-5 * max(1.0, np.abs(fast).max()))
+    assert_fast_decode_matches_paddle(model, model.prepare([("Hello?", None)], [picture(64, 64)]), monkeypatch)

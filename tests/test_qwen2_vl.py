@@ -25,6 +25,7 @@ from qwen2_vl_ref import (
 from mixcli.errors import MixError
 from mixcli.generation import SamplingConfig, generate
 from mixcli.models import load_model
+from vlm_checks import assert_fast_decode_matches_paddle, write_paddle_copy
 
 VARIANTS = {
     "gqa": TinyQwen2VL(),
@@ -282,20 +283,7 @@ def test_cached_decode_matches_full_forward(checkpoint):
 
 def test_fast_decode_path_matches_paddle_path(checkpoint, monkeypatch):
     _, model, _, _ = checkpoint
-    prompt = model.prepare([("Hello?", None)], [picture(64, 64)])
-
-    def logits_of_three_steps() -> np.ndarray:
-        cache = model.make_cache(len(prompt.ids) + 3)
-        out = [model.forward(model.embed_prompt(prompt), cache).numpy()]
-        for token in prompt.ids[-3:-1]:
-            out.append(model.forward(model.embed_tokens([token]), cache).numpy())
-        return np.concatenate(out)
-
-    assert model.net.language_model.fast_decoder() is not None
-    fast = logits_of_three_steps()
-    monkeypatch.setenv("MIX_FAST_DECODE", "0")
-    assert model.net.language_model.fast_decoder() is None
-    np.testing.assert_allclose(fast, logits_of_three_steps(), atol=1e-5 * max(1.0, np.abs(fast).max()))
+    assert_fast_decode_matches_paddle(model, model.prepare([("Hello?", None)], [picture(64, 64)]), monkeypatch)
 
 
 def test_sanitize_is_idempotent_and_reads_the_transformers_5_layout(checkpoint):
@@ -454,23 +442,8 @@ def test_infer_tiny_image(cli, cli_files, tmp_path):
 
 def test_paddlemix_pdparams_copy_gives_the_same_tokens(cli, cli_files, tmp_path):
     """PP-DocBee ships PaddleMIX's Qwen2-VL: the same names as .pdparams, Linear weights (in, out)."""
-    import paddle
-
-    from mixcli.weights import open_checkpoint
-
     path, root = cli_files
-    copy = tmp_path / "paddle-copy"
-    copy.mkdir()
-    for f in path.iterdir():
-        if f.suffix != ".safetensors":
-            (copy / f.name).write_bytes(f.read_bytes())
-    tensors = {}
-    for name, ref in open_checkpoint(path).items():
-        value = ref.numpy()
-        if value.ndim == 2 and "embed_tokens" not in name:
-            value = value.T.copy()  # torch Linear (out, in) -> Paddle (in, out); PaddleMIX's lm_head too
-        tensors[name] = paddle.to_tensor(value)
-    paddle.save(tensors, str(copy / "model_state.pdparams"))
+    copy = write_paddle_copy(path, tmp_path / "paddle-copy")
     args = [str(root / "photo.png"), "-q", "Describe.", "--max-new-tokens", "5", "--json"]
     ours = json.loads(cli("infer", str(copy), *args, "--allow-pickle").stdout)
     assert ours["token_ids"] == json.loads(cli("infer", str(path), *args).stdout)["token_ids"]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from internvl_ref import TinyInternVL, reference_greedy, reference_model, write_checkpoint
 from mixcli.vlm import load_vlm
+from vlm_checks import write_paddle_copy
 
 QUESTION = "What is written here?"
 
@@ -178,23 +179,8 @@ def test_truncated_safetensors_is_named(cli, tiny, tmp_path):
 
 def test_paddle_copy_loads_only_with_allow_pickle(cli, tiny, tmp_path):
     """PaddleMIX publishes the same tensors as .pdparams, Linear weights already (in, out)."""
-    import paddle
-
-    from mixcli.weights import open_checkpoint
-
     path, image = tiny
-    copy = tmp_path / "paddle-copy"
-    copy.mkdir()
-    for f in path.iterdir():
-        if f.suffix != ".safetensors":
-            (copy / f.name).write_bytes(f.read_bytes())
-    tensors = {}
-    for name, ref in open_checkpoint(path).items():
-        value = ref.numpy()
-        if value.ndim == 2 and "embed" not in name and "tok_embeddings" not in name:
-            value = value.T.copy()  # torch Linear (out, in) -> Paddle (in, out)
-        tensors[name] = paddle.to_tensor(value)
-    paddle.save(tensors, str(copy / "model_state.pdparams"))
+    copy = write_paddle_copy(path, tmp_path / "paddle-copy")
     refused = cli("infer", str(copy), str(image), "-q", QUESTION)
     assert refused.exit_code == 1 and "--allow-pickle" in error_line(refused)
     ours = json.loads(cli("infer", str(copy), str(image), "-q", QUESTION, "--max-new-tokens", "5", "--json", "--allow-pickle").stdout)
