@@ -120,9 +120,9 @@ class TimestepEmbedding(nn.Layer):
 
     def __init__(self, in_channels: int, time_embed_dim: int, cond_proj_dim: int | None = None):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
-        self.cond_proj = nn.Linear(cond_proj_dim, in_channels, bias_attr=False) if cond_proj_dim else None
-        self.linear_2 = nn.Linear(time_embed_dim, time_embed_dim)
+        self.linear_1 = Linear(in_channels, time_embed_dim)
+        self.cond_proj = Linear(cond_proj_dim, in_channels, bias_attr=False) if cond_proj_dim else None
+        self.linear_2 = Linear(time_embed_dim, time_embed_dim)
 
     def forward(self, sample: paddle.Tensor, condition: paddle.Tensor | None = None) -> paddle.Tensor:
         if condition is not None:
@@ -142,7 +142,7 @@ class ResnetBlock2D(nn.Layer):
         self.output_scale_factor = output_scale_factor
         self.norm1 = nn.GroupNorm(groups, in_channels, epsilon=eps)
         self.conv1 = Conv(in_channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels else None
+        self.time_emb_proj = Linear(temb_channels, out_channels) if temb_channels else None
         self.norm2 = nn.GroupNorm(groups, out_channels, epsilon=eps)
         self.conv2 = Conv(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2D(in_channels, out_channels, 1) if in_channels != out_channels else None
