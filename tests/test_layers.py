@@ -1,4 +1,5 @@
-"""Shared layers: blocked attention against Paddle's fused attention (the GPU path) and against NumPy."""
+"""Shared layers: blocked CPU attention against Paddle's fused attention (the GPU path) and NumPy, and the
+decoder's last-position shortcut against the full computation."""
 
 from __future__ import annotations
 
