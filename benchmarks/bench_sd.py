@@ -11,17 +11,14 @@ Needs about 9 GB of RAM.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sides import Side
+from sides import Side, write_in_child
 
 # stable-diffusion-v1-5/stable-diffusion-v1-5: unet/config.json and vae/config.json (the fields that shape the nets).
 SD15_UNET = {
@@ -36,32 +33,25 @@ SD15_VAE = {
     "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 512,
 }  # fmt: skip
 ROUNDS = 3
-HERE = Path(__file__).resolve().parent
 
-# Written in a child process, so this one stays small while the two sides run.
-WRITER = """
-import sys, torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-sys.path.insert(0, {here!r})
-from bench_sd import SD15_UNET, SD15_VAE
-torch.manual_seed(0)
-unet = UNet2DConditionModel(**SD15_UNET)
-with torch.no_grad():  # diffusers zero-initialises conv_out; random values make the outputs comparable
-    unet.conv_out.weight.normal_(0.0, 0.02)
-unet.save_pretrained(sys.argv[1] + "/unet", safe_serialization=True)
-AutoencoderKL(**SD15_VAE).save_pretrained(sys.argv[1] + "/vae", safe_serialization=True)
-"""
+
+def write(folder: str) -> None:
+    """Random SD1.5 UNet and VAE weights (diffusers' init) in diffusers' layout."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_UNET)
+    with torch.no_grad():  # diffusers zero-initialises conv_out; random values make the outputs comparable
+        unet.conv_out.weight.normal_(0.0, 0.02)
+    unet.save_pretrained(folder + "/unet", safe_serialization=True)
+    AutoencoderKL(**SD15_VAE).save_pretrained(folder + "/vae", safe_serialization=True)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """Random SD1.5 UNet and VAE weights (diffusers' init) in diffusers' layout, written once."""
-    folder = tmp_path_factory.mktemp("sd15")
-    proc = subprocess.run([sys.executable, "-c", WRITER.format(here=str(HERE)), str(folder)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"writing the random SD1.5 weights failed:\n{proc.stderr[-2000:]}")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)  # 3.8 GB
+    """The weights, written once in a child process (3.8 GB, removed afterwards)."""
+    yield from write_in_child("bench_sd", tmp_path_factory.mktemp("sd15"))
 
 
 def inputs(part: str) -> tuple:

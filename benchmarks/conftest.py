@@ -17,7 +17,7 @@ def bandwidth() -> float:
 @pytest.fixture(scope="module")
 def vlm_checkpoint(request, tmp_path_factory):
     """The benchmark module's ``write(folder)`` checkpoint, written in a child process, removed afterwards."""
-    from vlm_sides import write_in_child
+    from sides import write_in_child
 
     module = request.module.__name__
     yield from write_in_child(module, tmp_path_factory.mktemp(module))

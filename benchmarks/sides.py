@@ -3,11 +3,13 @@ disturb the other and each side's peak RSS is its own.
 
 A benchmark module defines ``commands(side, *args) -> {name: fn}``; ``Side(module, side, *args)`` starts
 ``commands`` in a child, which answers each request with ``fn()``'s JSON result ("rss": its peak RSS in GB).
+Its ``write(folder)``, the random checkpoint, runs in a child too (``write_in_child``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # for the children: the reference writers and processors
+
+
+def write_in_child(module: str, folder: Path):
+    """``module.write(folder)`` in a child process (this one stays small while the sides run); yields the
+    folder and removes it afterwards."""
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import sides, {module}; {module}.write(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(folder)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"writing the {module} checkpoint failed:\n{proc.stderr[-2000:]}")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def serve(commands: dict) -> None:

@@ -9,16 +9,13 @@ fixture writes) and ``commands(side, folder)``, built from ``mix_commands`` and 
 
 from __future__ import annotations
 
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from sides import HERE, Side
+from sides import Side
 
 QUESTION = "Describe the image in detail."
 NEW_TOKENS = 64
@@ -29,17 +26,6 @@ def image():
     from PIL import Image
 
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8))
-
-
-def write_in_child(module: str, folder: Path):
-    """``module.write(folder)`` in a child process (this one stays small while the sides run); yields the
-    folder and removes it afterwards."""
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import sides, {module}; {module}.write(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(folder)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"writing the {module} checkpoint failed:\n{proc.stderr[-2000:]}")
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def mix_commands(folder: str) -> dict:
