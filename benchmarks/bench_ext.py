@@ -11,22 +11,17 @@ MIX_FAST_DECODE=0), each with and without the ops. The ratios go in ext/README.m
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mixcli import ext  # noqa: E402
-from mixcli.ext import reference  # noqa: E402
-from mixcli.generation import SamplingConfig, generate  # noqa: E402
-from mixcli.runtime import import_paddle  # noqa: E402
-from mixcli.vlm import load_vlm  # noqa: E402
+from mixcli import ext
+from mixcli.ext import reference
+from mixcli.generation import SamplingConfig, generate
+from mixcli.runtime import import_paddle
+from mixcli.vlm import load_vlm
+from vlm_sides import QUESTION, image
 
 paddle = import_paddle()
 
@@ -120,7 +115,6 @@ def test_op(benchmark, case):
 # ---- the models end to end ------------------------------------------------------------------------------------
 
 NEW_TOKENS = 32
-QUESTION = "Describe the image in detail."
 
 
 def run(fn, use_ext: bool, fast_decode: bool = True):
@@ -159,8 +153,7 @@ def internvl(tmp_path_factory):
     from internvl_ref import write_checkpoint
 
     ours = load_vlm(str(write_checkpoint(tmp_path_factory.mktemp("internvl2-1b"), INTERNVL2_1B, seed=0))).model
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8))
-    return ours, ours.prepare([(QUESTION, None)], [image])
+    return ours, ours.prepare([(QUESTION, None)], [image()])
 
 
 def generation(model, new_tokens: int):
