@@ -57,7 +57,7 @@ def ext_cache(built, monkeypatch):
         monkeypatch.setenv("MIX_EXT_DIR", str(built.build.folder.parent))
 
 
-OPS = ("rms_norm", "add_rms_norm", "layer_norm", "rotary", "rotary_tables", "swiglu", "quick_gelu")
+OPS = ("rms_norm", "add_rms_norm", "layer_norm", "rotary", "rotary_tables", "swiglu", "quick_gelu", "attention")
 
 
 @pytest.fixture
@@ -180,6 +180,51 @@ def test_swiglu_and_quick_gelu_match_paddle(rows, hidden, fused_only):
     assert_rel(ext.quick_gelu(x), fused_only["quick_gelu"](x))
 
 
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_bias_quick_gelu_matches_paddle(rows, hidden, fused_only):
+    rng = np.random.default_rng(rows * 3 + hidden)
+    x, bias = tensor(rng, rows, hidden, scale=4), tensor(rng, hidden)
+    assert_rel(ext.bias_quick_gelu(x, bias), fused_only["quick_gelu"](x + bias))
+
+
+def compiled_attention(built) -> None:
+    if built is not None and "mix_attention" not in built.ops:
+        pytest.skip("the attention kernel needs Paddle's MKL, which this Paddle build does not ship")
+
+
+# (batch, query heads, key/value heads, queries, keys, head size): grouped heads, one query, several
+# tiles of query rows (256 at most, 64 for 5000 keys), a head size that is not a multiple of 16
+ATTENTION_SHAPES = [(1, 4, 4, 9, 9, 8), (2, 6, 2, 37, 50, 16), (1, 4, 1, 1, 33, 64), (1, 2, 2, 300, 300, 80),
+                    (1, 2, 1, 70, 5000, 40), (1, 3, 3, 17, 17, 20)]  # fmt: skip
+
+
+@pytest.mark.parametrize("b, h, hkv, t, s, d", ATTENTION_SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("token_major", [False, True])
+def test_attention_matches_paddle(b, h, hkv, t, s, d, causal, token_major, built, fused_only):
+    compiled_attention(built)
+    rng = np.random.default_rng(b + h + t + s + d)
+    swap = (lambda *shape: (shape[0], shape[2], shape[1], shape[3])) if token_major else (lambda *shape: shape)
+    q = tensor(rng, *swap(b, h, t, d), scale=2)
+    k, v = tensor(rng, *swap(b, hkv, s, d), scale=2), tensor(rng, *swap(b, hkv, s, d))
+    ours = ext.attention(q, k, v, d**-0.5, causal, token_major)
+    assert_rel(ours, fused_only["attention"](q, k, v, d**-0.5, causal, token_major), tol=2e-5)
+
+
+def test_attention_with_gradients_or_mismatched_heads_falls_back(built):
+    compiled_attention(built)
+    rng = np.random.default_rng(4)
+    q, k, v = tensor(rng, 1, 4, 5, 8, grad=True), tensor(rng, 1, 2, 5, 8), tensor(rng, 1, 2, 5, 8)
+    assert not ext.attention_fits(q, k, v, causal=True, token_major=False)
+    ext.attention(q, k, v, 0.3, causal=True).sum().backward()
+    assert q.grad is not None and q.grad.shape == [1, 4, 5, 8]
+    q = q.detach()
+    assert ext.attention_fits(q, k, v, causal=True, token_major=False)
+    assert not ext.attention_fits(q, tensor(rng, 1, 3, 5, 8), tensor(rng, 1, 3, 5, 8), False, False)  # 4 % 3
+    assert not ext.attention_fits(q, k[:, :, :3], v[:, :, :3], causal=True, token_major=False)  # fewer keys
+
+
 def test_extreme_values_stay_finite(fused_only):
     x = paddle.to_tensor(np.array([[-1e4, -100.0, -88.0, 0.0, 88.0, 100.0, 1e4]], dtype=np.float32))
     assert_rel(ext.quick_gelu(x), fused_only["quick_gelu"](x))
@@ -262,7 +307,7 @@ def test_a_failing_compiler_is_one_line_with_its_first_error(fresh_state, monkey
 def test_a_library_that_does_not_load_is_reported_and_skipped(fresh_state, capsys):
     target = build.current(paddle)
     target.folder.mkdir(parents=True)
-    (target.folder / "manifest.json").write_text(json.dumps({"ops": list(build.OPS)}))
+    (target.folder / "manifest.json").write_text(json.dumps({"ops": list(build.ALL_OPS)}))
     target.library.write_bytes(b"not a shared library")
     x, w = tensor(np.random.default_rng(2), 2, 8), paddle.ones([8])
     assert_rel(ext.rms_norm(x, w, EPS), reference.rms_norm(x, w, EPS))
@@ -317,7 +362,9 @@ def test_the_cache_key_follows_sources_and_compiler(monkeypatch, tmp_path):
 def test_status_and_check_env_list_every_op(loaded):
     report = status()
     assert report["status"] == "loadable" and report["devices"] == ["cpu"]
-    assert report["ops"] == dict.fromkeys(build.OPS, "loadable")
+    assert report["ops"] == dict.fromkeys(build.ALL_OPS, "loadable") | dict.fromkeys(
+        set(build.ALL_OPS) - set(build.built_ops(paddle)), "missing"
+    )
     found: list[envcheck.Problem] = []
     assert envcheck.check_ext(True, found)["status"] == "loadable" and found == []
     row = dict(envcheck.summary_rows(envcheck.collect()))["ext ops"]
@@ -339,13 +386,14 @@ def test_cli_status_build_and_clean(loaded, mix_ext, monkeypatch, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["ops"]["quick_gelu"] == "loadable"
     result = mix_ext("build")  # already built: nothing to compile
-    assert result.exit_code == 0 and result.stderr == "" and result.stdout.startswith("loadable: 8/8 ops (cpu)")
+    counts = f"{len(build.built_ops(paddle))}/{len(build.ALL_OPS)} ops"
+    assert result.exit_code == 0 and result.stderr == "" and result.stdout.startswith(f"loadable: {counts} (cpu)")
     monkeypatch.setenv("MIX_EXT_DIR", str(tmp_path / "ext"))
     monkeypatch.setenv("CXX", str(tmp_path / "missing-g++"))
     result = mix_ext("build")
     assert result.exit_code == 1 and "no C++ compiler found" in result.stderr
     human = mix_ext("status")
-    assert human.exit_code == 0 and human.stdout.startswith("failed: 0/8 ops") and "none found" in human.stdout
+    assert human.exit_code == 0 and human.stdout.startswith(f"failed: 0/{len(build.ALL_OPS)} ops") and "none found" in human.stdout
     clean = mix_ext("clean")
     assert clean.exit_code == 0 and not (tmp_path / "ext").exists()
 

@@ -61,4 +61,22 @@ void quick_gelu(const float* x, float* out, int64_t count);
 // Gradient of quick_gelu: dx = dout * (s + 1.702 x s (1 - s)), s = sigmoid(1.702 x).
 void quick_gelu_bwd(const float* x, const float* dout, float* dx, int64_t count);
 
+// QuickGELU of x + bias, x (rows, n) and bias (n): a linear layer's bias and activation in one pass.
+void bias_quick_gelu(const float* x, const float* bias, float* out, int64_t rows, int64_t n);
+
+#ifdef MIX_WITH_MKL
+// Where a (batch, head)'s rows of length D start: strides in floats; the D values of a row are contiguous.
+struct HeadLayout {
+  int64_t batch, head, row;
+};
+
+// Inference attention, float32: out = softmax(q k^T * scale) v for every batch and query head; query head
+// h reads key/value head h / (h_q / h_kv) (grouped queries). t queries against s keys; with `causal`,
+// query i sees keys 0 .. i + s - t (s >= t). Query rows go in tiles whose scores stay in the core's cache,
+// spread over the threads; the two products are MKL's sgemm, each on its calling thread.
+void attention(const float* q, const float* k, const float* v, float* out, int64_t b, int64_t h_q, int64_t h_kv,
+               int64_t t, int64_t s, int64_t d, HeadLayout ql, HeadLayout kvl, HeadLayout ol, float scale,
+               bool causal);
+#endif
+
 }  // namespace mix

@@ -343,3 +343,58 @@ PD_BUILD_GRAD_OP(mix_quick_gelu)
     .Inputs({"X", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X")})
     .SetKernelFn(PD_KERNEL(QuickGeluGrad));
+
+// ---- bias + QuickGELU, attention (inference only: no backward) ------------------------------------
+
+Tensors BiasQuickGelu(const Tensor& x, const Tensor& bias) {
+  check_f32({&x, &bias});
+  check_weight(x, bias);
+  Tensor out = empty(x.shape(), x);
+  mix::bias_quick_gelu(x.data<float>(), bias.data<float>(), out.data<float>(), rows_of(x), last_dim(x));
+  return {out};
+}
+
+PD_BUILD_OP(mix_bias_quick_gelu)
+    .Inputs({"X", "Bias"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(BiasQuickGelu))
+    .SetInferShapeFn(PD_INFER_SHAPE(SameShape2))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype2));
+
+#ifdef MIX_WITH_MKL
+namespace {
+
+// Strides of a contiguous (B, H, T, D) tensor, or of (B, T, H, D) when token_major.
+mix::HeadLayout layout_of(const Shape& shape, bool token_major) {
+  int64_t rows = token_major ? shape[1] : shape[2], heads = token_major ? shape[2] : shape[1], d = shape[3];
+  if (token_major) return {rows * heads * d, d, heads * d};
+  return {heads * rows * d, rows * d, d};
+}
+
+}  // namespace
+
+Tensors Attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, bool causal, bool token_major) {
+  check_f32({&q, &k, &v});
+  const Shape &qs = q.shape(), &ks = k.shape();
+  PD_CHECK(qs.size() == 4 && ks.size() == 4 && k.shape() == v.shape(), "mix ext ops: attention takes 4-D q, k, v");
+  int64_t b = qs[0], t = token_major ? qs[1] : qs[2], h_q = token_major ? qs[2] : qs[1], d = qs[3];
+  int64_t s = token_major ? ks[1] : ks[2], h_kv = token_major ? ks[2] : ks[1];
+  PD_CHECK(ks[0] == b && ks[3] == d && h_kv > 0 && h_q % h_kv == 0 && (!causal || s >= t),
+           "mix ext ops: attention shapes do not match");
+  Tensor out = empty(qs, q);
+  mix::HeadLayout ql = layout_of(qs, token_major);
+  mix::attention(q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(), b, h_q, h_kv, t, s, d, ql,
+                 layout_of(ks, token_major), ql, scale, causal);
+  return {out};
+}
+
+Shapes AttentionShape(const Shape& q, const Shape& k, const Shape& v, float, bool, bool) { return {q}; }
+
+PD_BUILD_OP(mix_attention)
+    .Inputs({"Q", "K", "V"})
+    .Outputs({"Out"})
+    .Attrs({"scale: float", "causal: bool", "token_major: bool"})
+    .SetKernelFn(PD_KERNEL(Attention))
+    .SetInferShapeFn(PD_INFER_SHAPE(AttentionShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype3));
+#endif

@@ -11,6 +11,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from .. import ext
 from ..layers.attention import fused_attention as _fused_attention
 from ..layers.attention import softmax_product
 from ..layers.cpu import host, in_parallel, on_cpu, permute
@@ -41,10 +42,13 @@ def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, heads: int) 
     """softmax(q k^T / sqrt(D)) v per head for (B, T, H*D) queries against (B, S, H*D) keys and values."""
     b, t, width = q.shape
     scale = (width // heads) ** -0.5
+    q4, k4, v4 = (x.reshape([b, x.shape[1], heads, -1]) for x in (q, k, v))  # (B, T, H, D): no copies
+    if ext.attention_fits(q4, k4, v4, causal=False, token_major=True):
+        return ext.attention(q4, k4, v4, scale, token_major=True).reshape([b, t, width])
     if on_cpu(q):
         return paddle.from_dlpack(cpu_attention(host(q), host(k), host(v), heads, scale))
-    split = lambda x: x.reshape([b, x.shape[1], heads, -1]).transpose([0, 2, 1, 3])  # noqa: E731 - (B, H, T, D)
-    out = _fused_attention(split(q), split(k), split(v), scale)
+    split = lambda x: x.transpose([0, 2, 1, 3])  # noqa: E731 - (B, H, T, D)
+    out = _fused_attention(split(q4), split(k4), split(v4), scale)
     return out.transpose([0, 2, 1, 3]).reshape([b, t, width])
 
 

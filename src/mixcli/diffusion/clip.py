@@ -16,8 +16,7 @@ from tokenizers.models import BPE
 
 from ..errors import CheckpointError
 from ..layers import build_for_inference
-from ..layers.attention import attention
-from ..layers.decoder import causal_mask
+from ..layers.attention import attention, causal_mask
 from ..layers.linear import Linear
 from ..weights import rename
 

@@ -1,9 +1,12 @@
 """Compiled fused ops from the repo's ``ext/`` (C++ for CPU, CUDA for GPU) behind plain functions that
 fall back to Paddle: RMSNorm, residual add + RMSNorm, LayerNorm, rotary embedding and its M-RoPE
-tables, SwiGLU and QuickGELU. See ext/README.md for what each covers and what it gains."""
+tables, SwiGLU, QuickGELU (also with a bias) and CPU attention. See ext/README.md for what each covers and what it gains."""
 
 from .ops import (
     add_rms_norm,
+    attention,
+    attention_fits,
+    bias_quick_gelu,
     enabled,
     failure,
     layer_norm,
@@ -18,6 +21,9 @@ from .ops import (
 
 __all__ = [
     "add_rms_norm",
+    "attention",
+    "attention_fits",
+    "bias_quick_gelu",
     "enabled",
     "failure",
     "layer_norm",

@@ -33,8 +33,11 @@ CUDA_SOURCES = ("cuda/ops.cu",)
 # No -march: the cache may be shared between machines; kernels.cc clones its hot loops per ISA level instead.
 CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-unused-parameter"]
 NVCC_FLAGS = ["-O3", "-DMIX_WITH_CUDA"]
-# Every op the library registers, and those that also run on GPU tensors when built with CUDA.
-OPS = ("rms_norm", "add_rms_norm", "layer_norm", "rotary", "rotary_tables", "swiglu", "swiglu_packed", "quick_gelu")
+# Every op the library registers; MKL_OPS only where Paddle ships MKL (its x86-64 wheels), which they link.
+OPS = ("rms_norm", "add_rms_norm", "layer_norm", "rotary", "rotary_tables", "swiglu", "swiglu_packed", "quick_gelu",
+       "bias_quick_gelu")  # fmt: skip
+MKL_OPS = ("attention",)
+ALL_OPS = OPS + MKL_OPS
 BUILD_TIMEOUT_S = 900
 
 
@@ -117,14 +120,28 @@ def toolchain(paddle) -> Toolchain:
     )
 
 
+def paddle_libs(paddle) -> Path:
+    return Path(paddle.__file__).parent / "libs"
+
+
+def with_mkl(paddle) -> bool:
+    """Whether Paddle ships MKL (libmklml), whose sgemm the attention kernel calls."""
+    return (paddle_libs(paddle) / "libmklml_intel.so").is_file()
+
+
+def built_ops(paddle) -> tuple[str, ...]:
+    return ALL_OPS if with_mkl(paddle) else OPS
+
+
 def link_flags(paddle) -> list[str]:
     """Link the ops against Paddle's own OpenMP runtime (Intel's libiomp5, which also serves GCC's GOMP_*
     calls) where the wheel ships one: a second runtime (libgomp) keeps its workers spinning after each
-    region and starves MKL's threads between ops, the problem KMP_BLOCKTIME=0 solves for MKL's own."""
-    libs = Path(paddle.__file__).parent / "libs"
-    if (libs / "libiomp5.so").is_file():
-        return [f"-L{libs}", "-liomp5", f"-Wl,-rpath,{libs}"]
-    return ["-fopenmp"]
+    region and starves MKL's threads between ops, the problem KMP_BLOCKTIME=0 solves for MKL's own.
+    Paddle's MKL too where it ships one: the same library instance (and threads) as Paddle's matmuls."""
+    libs = paddle_libs(paddle)
+    found = [name for name in ("iomp5", "mklml_intel") if (libs / f"lib{name}.so").is_file()]
+    openmp = [] if "iomp5" in found else ["-fopenmp"]
+    return openmp + ([f"-L{libs}", *(f"-l{name}" for name in found), f"-Wl,-rpath,{libs}"] if found else [])
 
 
 def source_files(cuda: bool) -> list[Path]:
@@ -205,7 +222,7 @@ def _compile(paddle, tools: Toolchain, out: Path, verbose: bool = False) -> None
     else its first error line into the exception."""
     root = source_root()
     sources = [str(root / s) for s in CPU_SOURCES + (CUDA_SOURCES if tools.cuda else ())]
-    cxx_flags = CXX_FLAGS + (["-DMIX_WITH_CUDA"] if tools.cuda else [])
+    cxx_flags = CXX_FLAGS + (["-DMIX_WITH_CUDA"] if tools.cuda else []) + (["-DMIX_WITH_MKL"] if with_mkl(paddle) else [])
     args = {"name": LIB, "sources": sources, "include_dirs": [str(root / "cpu")], "cxx_flags": cxx_flags,
             "nvcc_flags": NVCC_FLAGS, "ld_flags": link_flags(paddle), "out": str(out), "cuda": tools.cuda}  # fmt: skip
     # setuptools compiles with CC and links with LDSHARED: point both at the one C++ compiler we checked.
@@ -275,7 +292,7 @@ def _build_locked(paddle, tools: Toolchain, target: Build, notify, verbose: bool
     try:
         start = time.perf_counter()
         _compile(paddle, tools, tmp, verbose)
-        manifest = {"ops": list(OPS), "cuda": tools.cuda, "key": target.key, "paddle": paddle.__version__,
+        manifest = {"ops": list(built_ops(paddle)), "cuda": tools.cuda, "key": target.key, "paddle": paddle.__version__,
                     "compiler": tools.cxx, "compiler_version": tools.cxx_version, "nvcc_version": tools.nvcc_version,
                     "build_s": round(time.perf_counter() - start, 1)}  # fmt: skip
         with atomic_write(tmp / "manifest.json", "w") as f:

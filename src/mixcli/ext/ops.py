@@ -197,3 +197,34 @@ def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
     if _nonempty(x) and _usable((x,)):
         return _run("mix_quick_gelu", x)[0]
     return reference.quick_gelu(x)
+
+
+def bias_quick_gelu(x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
+    """quick_gelu(x + bias) in one pass, for a linear layer's output without its bias; inference only
+    (the compiled op has no backward, so a call that needs a gradient falls back)."""
+    if _row_weight(x, bias) and _usable((x, bias), constants=(x, bias)):
+        return _run("mix_bias_quick_gelu", x, bias)[0]
+    return reference.quick_gelu(x + bias)
+
+
+def attention_fits(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, causal: bool, token_major: bool) -> bool:
+    """Whether the compiled attention takes these: CPU float32 without gradients, 4-D q (B, H, T, D) and
+    k, v (B, Hkv, S, D) with Hkv dividing H (axes 1 and 2 swapped when token_major), s >= t when causal.
+    The op exists where the build linked Paddle's MKL (x86-64)."""
+    lib = library()
+    if lib is None or "mix_attention" not in lib.ops or q.ndim != 4 or k.shape != v.shape or k.ndim != 4:
+        return False
+    if not (q.place.is_cpu_place() and _usable((q, k, v), constants=(q, k, v))):
+        return False
+    (b, t, h, d), (kb, s, hkv, kd) = (x.shape if token_major else [x.shape[i] for i in (0, 2, 1, 3)] for x in (q, k))
+    return b == kb and d == kd and hkv > 0 and h % hkv == 0 and t > 0 and s > 0 and (s >= t or not causal)
+
+
+def attention(
+    q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, causal: bool = False, token_major: bool = False
+) -> paddle.Tensor:
+    """softmax(q k^T * scale) v per batch and head, query head h against key/value head h // (H / Hkv);
+    causal: query i sees keys up to i + S - T. Layouts as in attention_fits; the output has q's."""
+    if attention_fits(q, k, v, causal, token_major):
+        return _run("mix_attention", q, k, v, float(scale), bool(causal), bool(token_major))[0]
+    return reference.attention(q, k, v, scale, causal, token_major)

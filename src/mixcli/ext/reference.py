@@ -65,3 +65,23 @@ def swiglu(gate: paddle.Tensor, up: paddle.Tensor | None = None) -> paddle.Tenso
 def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
     """x * sigmoid(1.702 x) (CLIP's and Qwen2-VL's vision activation)."""
     return x * F.sigmoid(1.702 * x)
+
+
+def attention(
+    q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, causal: bool = False, token_major: bool = False
+) -> paddle.Tensor:
+    """softmax(q k^T * scale) v for q (B, H, T, D) and k, v (B, Hkv, S, D), each key/value head serving
+    H / Hkv query heads (transformers' repeat_kv); causal: query i sees keys 0 .. i + S - T. With
+    token_major, axes 1 and 2 are swapped in the inputs and the output."""
+    if token_major:
+        q, k, v = (x.transpose([0, 2, 1, 3]) for x in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = (x.repeat_interleave(group, axis=1) for x in (k, v))
+    scores = paddle.matmul(q, k, transpose_y=True) * scale
+    if causal:
+        t, s = scores.shape[-2:]
+        seen = paddle.tril(paddle.ones([t, s], dtype="bool"), diagonal=s - t)
+        scores = paddle.where(seen, scores, paddle.full([], float("-inf"), scores.dtype))
+    out = paddle.matmul(F.softmax(scores, axis=-1), v)
+    return out.transpose([0, 2, 1, 3]) if token_major else out

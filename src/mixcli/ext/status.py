@@ -21,7 +21,7 @@ def status(load: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {
         "enabled": ops.enabled(),
         "status": "missing",
-        "ops": dict.fromkeys(build.OPS, "missing"),
+        "ops": dict.fromkeys(build.ALL_OPS, "missing"),
         "devices": [],
         "path": str(target.folder),
         "compiler": tools.cxx,
@@ -42,7 +42,7 @@ def status(load: bool = True) -> dict[str, Any]:
         except Exception as e:  # stale or mismatched library: report it, the fallback keeps working
             state, report["error"] = "broken", build.first_line(e)
     report["status"] = state
-    report["ops"] = {op: state if op in target.manifest.get("ops", []) else "missing" for op in build.OPS}
+    report["ops"] = {op: state if op in target.manifest.get("ops", []) else "missing" for op in build.ALL_OPS}
     report["devices"] = ["cpu", "gpu"] if target.manifest.get("cuda") else ["cpu"]
     report["build_s"] = target.manifest.get("build_s")
     return report

@@ -1,4 +1,5 @@
-"""Attention over a whole sequence, computed a few heads at a time so the scores stay in cache."""
+"""Attention over a whole sequence: the compiled CPU kernel, Paddle's fused attention elsewhere, and a
+NumPy path that goes a few heads at a time so the scores stay in cache."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from .. import ext
 from .cpu import host, in_parallel, on_cpu
 
 # Score blocks up to this size stay in this CPU's cache; measured for 16 heads x 1025 tokens:
@@ -24,8 +26,35 @@ def rows_per_block(t: int, s: int, heads: int, itemsize: int) -> int:
     return max(1, min(t, SCORE_BLOCK_BYTES // max(1, s * itemsize * heads)))
 
 
-def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None) -> paddle.Tensor:
-    """softmax(q k^T * scale + mask) v for (B, H, T, D) queries against (B, H, S, D) keys and values."""
+def causal_mask(t: int, past: int, dtype) -> paddle.Tensor:
+    """(T, past+T) additive mask: query i sees keys 0 .. past+i."""
+    allowed = paddle.tril(paddle.ones([t, past + t], dtype="bool"), diagonal=past)
+    return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], float("-inf"), dtype))
+
+
+def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None, causal: bool = False):
+    """softmax(q k^T * scale + mask) v for (B, H, T, D) queries against (B, Hkv, S, D) keys and values,
+    key/value head j serving query heads j*G .. j*G+G-1 (G = H / Hkv, transformers' repeat_kv); a mask
+    with grouped heads is (T, S). causal: query i also sees only keys 0 .. i + S - T.
+
+    On the CPU without a mask, the compiled kernel (ext.attention) when built; else Paddle's
+    scaled-dot-product attention off the CPU, or the blocked NumPy softmax below."""
+    if mask is None and ext.attention_fits(q, k, v, causal, token_major=False):
+        return ext.attention(q, k, v, scale, causal)
+    b, h, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    if causal and t > 1:  # a single query sees every key
+        triangle = causal_mask(t, s - t, q.dtype)
+        mask = triangle if mask is None else mask + triangle
+    if h == hkv:
+        return _attention(q, k, v, scale, mask)
+    group = h // hkv  # the group's query heads folded into the query axis, so k and v are not copied
+    grouped = q.reshape([b, hkv, group * t, d])
+    out = _attention(grouped, k, v, scale, None if mask is None else paddle.tile(mask, [group, 1]))
+    return out.reshape([b, h, t, d])
+
+
+def _attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask) -> paddle.Tensor:
     if not q.place.is_cpu_place():
         return fused_attention(q, k, v, scale, mask)
     b, h, t, d = q.shape

@@ -49,12 +49,6 @@ class DecoderConfig:
         return cls(**values)
 
 
-def causal_mask(t: int, past: int, dtype) -> paddle.Tensor:
-    """(T, past+T) additive mask: query i sees keys 0 .. past+i."""
-    allowed = paddle.tril(paddle.ones([t, past + t], dtype="bool"), diagonal=past)
-    return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], float("-inf"), dtype))
-
-
 class Attention(nn.Layer):
     """Multi-head attention with grouped key/value heads and rotary positions."""
 
@@ -78,7 +72,7 @@ class Attention(nn.Layer):
             return paddle.split(self.qkv_proj(x), [(self.h + self.hkv) * self.d, self.hkv * self.d], axis=-1)
         return paddle.concat([self.q_proj(x), self.k_proj(x)], axis=-1), self.v_proj(x)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache, layer: int, last_only: bool = False):
+    def forward(self, x, cos, sin, cache: KVCache, layer: int, last_only: bool = False):
         """Attention output for every position, or for the last one only when last_only (the keys and
         values of every position still go into the cache)."""
         b, t, _ = x.shape
@@ -89,24 +83,10 @@ class Attention(nn.Layer):
         q, k = paddle.split(qk, [self.h, self.hkv], axis=1)
         v = v.reshape([b, t, self.hkv, self.d]).transpose([0, 2, 1, 3]).contiguous()  # (B, Hkv, T, D)
         k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
-        if last_only and t > 1:  # the last query sees every key: no mask
-            q, mask, t = q[:, :, -1:], None, 1
-        out = grouped_attention(q, k, v, mask, self.hkv)
+        if last_only and t > 1:
+            q, t = q[:, :, -1:], 1
+        out = attention(q, k, v, self.d**-0.5, causal=True)
         return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, self.h * self.d]))
-
-
-def grouped_attention(q, k, v, mask, hkv: int):
-    """softmax(q k^T / sqrt(D) + mask) v without copying k/v per query head.
-
-    Query head h uses key head h // G (transformers' repeat_kv), so the G query heads of a
-    group are folded into the query axis: (B, Hkv, G*T, D) against (B, Hkv, S, D).
-    """
-    b, h, t, d = q.shape
-    g = h // hkv
-    if mask is not None and g > 1:
-        mask = paddle.tile(mask, [g, 1])
-    out = attention(q.reshape([b, hkv, g * t, d]), k, v, d**-0.5, mask)
-    return out.reshape([b, h, t, d])
 
 
 class MLP(nn.Layer):
@@ -144,12 +124,12 @@ class DecoderLayer(nn.Layer):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, residual, cos, sin, mask, cache, layer, last_only: bool = False):
+    def forward(self, x, residual, cos, sin, cache, layer, last_only: bool = False):
         if residual is None:
             normed, residual = self.input_layernorm(x), x
         else:
             normed, residual = self.input_layernorm.add_forward(x, residual)
-        h = self.self_attn(normed, cos, sin, mask, cache, layer, last_only)
+        h = self.self_attn(normed, cos, sin, cache, layer, last_only)
         if last_only:
             residual = residual[:, -1:]
         normed, residual = self.post_attention_layernorm.add_forward(h, residual)
@@ -217,10 +197,9 @@ class CausalLM(nn.Layer):
             cos, sin = self.rotary.multimodal(positions, self.config.mrope_section, embeds.dtype)
         else:
             cos, sin = self.rotary(past + position_offset, t, embeds.dtype)
-        mask = causal_mask(t, past, embeds.dtype) if t > 1 else None
         x, residual, last = embeds, None, len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
-            x, residual = layer(x, residual, cos, sin, mask, cache, i, last_only and i == last)
+            x, residual = layer(x, residual, cos, sin, cache, i, last_only and i == last)
         cache.advance(t)
         return self.model.norm(x) if residual is None else self.model.norm.add_forward(x, residual)[0]
 

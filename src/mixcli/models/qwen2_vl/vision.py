@@ -110,6 +110,10 @@ class VisionMLP(nn.Layer):
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
+        if self.act is ext.quick_gelu and x.place.is_cpu_place():
+            # fc1's bias joins the activation's pass: Paddle's product with a bias in it (addmm) took
+            # 70 ms for (1024, 1280) x (1280, 5120) on the CPU, the plain product 65 ms.
+            return self.fc2(ext.bias_quick_gelu(paddle.matmul(x, self.fc1.weight), self.fc1.bias))
         return self.fc2(self.act(self.fc1(x)))
 
 
