@@ -16,7 +16,7 @@ from tokenizers.models import BPE
 
 from ..errors import CheckpointError
 from ..layers import build_for_inference
-from ..layers.attention import attention, causal_mask
+from ..layers.attention import attention
 from ..layers.linear import Linear
 from ..weights import rename
 
@@ -169,10 +169,10 @@ class CLIPAttention(nn.Layer):
         b, t, _ = x.shape
         return x.reshape([b, t, self.heads, self.head_dim]).transpose([0, 2, 1, 3]).contiguous()  # (B, H, T, D)
 
-    def forward(self, x: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         b, t, _ = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        out = attention(q, k, v, self.head_dim**-0.5, mask)  # (B, H, T, D)
+        out = attention(q, k, v, self.head_dim**-0.5, causal=True)  # (B, H, T, D)
         return self.out_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, -1]))
 
 
@@ -203,8 +203,8 @@ class CLIPEncoderLayer(nn.Layer):
         self.mlp = CLIPMLP(cfg)
         self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
 
-    def forward(self, x: paddle.Tensor, mask: paddle.Tensor) -> paddle.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), mask)
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -261,10 +261,9 @@ class CLIPTextEncoder(nn.Layer):
         """transformers' output_hidden_states: the embeddings, then each layer's output (no final norm)."""
         body = self.text_model
         x = body.embeddings(input_ids)
-        mask = causal_mask(input_ids.shape[-1], 0, x.dtype)  # (T, T)
         states = [x]
         for layer in body.encoder.layers:
-            states.append(layer(states[-1], mask))
+            states.append(layer(states[-1]))
         return states
 
     def pool_index(self, input_ids: paddle.Tensor) -> paddle.Tensor:
