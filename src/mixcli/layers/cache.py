@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 
 
@@ -14,6 +15,14 @@ class KVCache:
         self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.max_len = max_len
         self.offset = 0  # tokens already stored
+        self._host: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+
+    def host_views(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """NumPy views (DLPack, zero-copy) of every layer's key and value buffer, taken once and kept
+        on this cache: views held anywhere else could outlive it and alias a later cache's memory."""
+        if self._host is None:
+            self._host = ([np.from_dlpack(k.detach()) for k in self.keys], [np.from_dlpack(v.detach()) for v in self.values])
+        return self._host
 
     def update(self, layer: int, k: paddle.Tensor, v: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
         """Store k/v (B, Hkv, T, D) after the cached tokens; return all keys/values so far."""

@@ -64,7 +64,6 @@ class NumpyDecoder:
         self.final_norm = view(lm.model.norm.weight)
         head = lm.tied_head if cfg.tie_word_embeddings else lm.lm_head
         self.head = view(head.weight).T if cfg.tie_word_embeddings else view(head.weight)
-        self._cache_views: tuple[int, list, list] | None = None
 
     @staticmethod
     def usable(lm) -> bool:
@@ -81,11 +80,6 @@ class NumpyDecoder:
             view(mlp.down_proj.weight),
         )  # fmt: skip
 
-    def _cache(self, cache):
-        if self._cache_views is None or self._cache_views[0] != id(cache):
-            self._cache_views = (id(cache), [view(k) for k in cache.keys], [view(v) for v in cache.values])
-        return self._cache_views[1], self._cache_views[2]
-
     def step(self, x: np.ndarray, cache, rope_position: int | None = None) -> np.ndarray:
         """Hidden state (hidden,) of one new token -> its logits (vocab,); appends to the cache.
 
@@ -96,7 +90,7 @@ class NumpyDecoder:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; {pos + 1} requested")
         rope_pos = pos if rope_position is None else rope_position
         cos, sin = (view(t)[0] for t in self.rotary(rope_pos, 1, paddle.float32))
-        keys, values = self._cache(cache)
+        keys, values = cache.host_views()
         for i, w in enumerate(self.layers):
             x = self._layer(x, w, keys[i][0], values[i][0], pos, cos, sin)
         cache.advance(1)
