@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import paddle
@@ -18,7 +19,7 @@ from ...layers.decoder import CausalLM
 from ...layers.linear import Linear
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
-from ...weights import open_checkpoint
+from ...weights import Checkpoint, open_checkpoint, rename
 from .config import InternVLConfig
 from .conversation import get_template
 from .processing import IMG_CONTEXT, build_prompt_text, pixel_values, question_with_frames, question_with_images
@@ -104,13 +105,14 @@ INTERNLM2_RENAMES = [
 
 
 def split_wqkv(wqkv: np.ndarray, heads: int, kv_heads: int, head_dim: int) -> tuple[np.ndarray, ...]:
-    """InternLM2's fused (out, in) wqkv: per kv head, `groups` query heads then one key and one value
-    head (upstream: rearrange 'b q (h gs d) -> b q h gs d', gs = 2 + groups)."""
+    """InternLM2's fused wqkv, output rows first ((out, in) weight or (out,) bias): per kv head,
+    `groups` query heads then one key and one value head (upstream: rearrange
+    'b q (h gs d) -> b q h gs d', gs = 2 + groups)."""
     groups = heads // kv_heads
-    w = wqkv.reshape(kv_heads, groups + 2, head_dim, -1)
-    q = w[:, :groups].reshape(heads * head_dim, -1)
-    k = w[:, groups].reshape(kv_heads * head_dim, -1)
-    v = w[:, groups + 1].reshape(kv_heads * head_dim, -1)
+    w = wqkv.reshape(kv_heads, groups + 2, head_dim, *wqkv.shape[1:])
+    q = w[:, :groups].reshape(heads * head_dim, *wqkv.shape[1:])
+    k = w[:, groups].reshape(kv_heads * head_dim, *wqkv.shape[1:])
+    v = w[:, groups + 1].reshape(kv_heads * head_dim, *wqkv.shape[1:])
     return q, k, v
 
 
@@ -118,23 +120,34 @@ def _numpy(value) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
-def sanitize(weights: dict, cfg: InternVLConfig) -> dict:
-    """Upstream checkpoint names -> this module's names. Pure and idempotent."""
+def split_attention(name: str, value, cfg: InternVLConfig, layout: str) -> dict[str, np.ndarray]:
+    """`...attention.wqkv.{weight,bias}` as the decoder's q/k/v projections. A Paddle-layout weight
+    is (in, out): split along its columns and kept (in, out), as the loader expects from that layout."""
+    t, part = cfg.text, name.rsplit(".", 1)[1]
+    fused = _numpy(value)
+    columns = layout == "paddle" and fused.ndim == 2
+    pieces = split_wqkv(fused.T if columns else fused, t.num_attention_heads, t.num_key_value_heads, t.head_dim)
+    prefix = name[: -len(f"attention.wqkv.{part}")]
+    return {
+        f"{prefix}self_attn.{p}_proj.{part}": np.ascontiguousarray(w.T if columns else w) for p, w in zip("qkv", pieces)
+    }
+
+
+def sanitize(weights: Mapping, cfg: InternVLConfig, layout: str | None = None) -> Mapping:
+    """Upstream checkpoint names -> this module's names, in the checkpoint's layout (default: the
+    weights' own, torch's for a plain dict). Pure and idempotent."""
+    layout = layout or getattr(weights, "layout", "torch")
     rules = RENAMES + (INTERNLM2_RENAMES if cfg.llm_kind == "internlm2" else [])
-    out = {}
-    for name, value in weights.items():
-        for pattern, repl in rules:
-            name = re.sub(pattern, repl, name)
-        if name.endswith(".attention.wqkv.weight"):
-            t = cfg.text
-            prefix = name[: -len("attention.wqkv.weight")]
-            q, k, v = split_wqkv(_numpy(value), t.num_attention_heads, t.num_key_value_heads, t.head_dim)
-            out.update({f"{prefix}self_attn.{p}_proj.weight": w for p, w in zip("qkv", (q, k, v))})
-            continue
-        out[name] = value
     if cfg.text.tie_word_embeddings:
-        out.pop("language_model.lm_head.weight", None)
-    return out
+        rules = rules + [(r"^language_model\.lm_head\.", None)]
+    renamed = rename(weights, rules)
+    out: dict = {}
+    for name, value in renamed.items():
+        if re.search(r"\.attention\.wqkv\.(weight|bias)$", name):
+            out.update(split_attention(name, value, cfg, layout))
+        else:
+            out[name] = value
+    return renamed.replace(out) if isinstance(renamed, Checkpoint) else out
 
 
 class InternVL:
@@ -224,6 +237,7 @@ def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = 
     """Build the network from config.json and load the original checkpoint into it."""
     cfg = InternVLConfig.from_dict(config)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
-    net = build_for_inference(lambda: InternVLChat(cfg), sanitize(checkpoint, cfg), dtype, checkpoint.layout)
+    weights = sanitize(checkpoint, cfg, checkpoint.layout)
+    net = build_for_inference(lambda: InternVLChat(cfg), weights, dtype, checkpoint.layout)
     net.language_model.fuse()
     return InternVL(net, TextTokenizer.from_dir(path), Path(path))

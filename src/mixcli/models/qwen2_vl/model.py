@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import paddle
@@ -16,7 +16,7 @@ from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
-from ...weights import open_checkpoint
+from ...weights import open_checkpoint, rename
 from .config import Qwen2VLConfig
 from .processing import (
     IMAGE_PAD,
@@ -78,6 +78,7 @@ class Qwen2VLNet(nn.Layer):
 
 
 # transformers 5 saves model.language_model.* / model.visual.*; the published checkpoints model.* / visual.*.
+# The rules apply in order (weights.rename): a name the first rule rewrote no longer starts with "model.".
 RENAMES = [
     (r"^model\.language_model\.", "language_model.model."),
     (r"^model\.visual\.", "visual."),
@@ -86,18 +87,10 @@ RENAMES = [
 ]
 
 
-def sanitize(weights: dict, cfg: Qwen2VLConfig) -> dict:
+def sanitize(weights: Mapping, cfg: Qwen2VLConfig) -> Mapping:
     """Checkpoint names -> this module's names. Pure and idempotent."""
-    out = {}
-    for name, value in weights.items():
-        for pattern, repl in RENAMES:
-            name, n = re.subn(pattern, repl, name)
-            if n:
-                break
-        out[name] = value
-    if cfg.text.tie_word_embeddings:
-        out.pop("language_model.lm_head.weight", None)
-    return out
+    tied = [(r"^language_model\.lm_head\.", None)] if cfg.text.tie_word_embeddings else []
+    return rename(weights, RENAMES + tied)
 
 
 class Qwen2VL:
