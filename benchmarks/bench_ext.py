@@ -73,24 +73,24 @@ def op_cases():
 
 
 def attention_cases():
-    """The attention kernel against the path that runs without it: the blocked NumPy softmax (layers.attention
-    for the VLMs, diffusion.blocks for the UNet's (B, T, H*D) layout)."""
-    from mixcli.diffusion import blocks
+    """The attention kernel against the path that runs without it: layers.attention's blocked NumPy softmax,
+    head-major for the VLMs, token-major for the UNet's (B, T, H, D) layout."""
     from mixcli.layers import attention as attn
 
     without_ext = lambda fn: lambda: run(fn, use_ext=False)  # noqa: E731
     # shaped() seeds by the shape: k and v are scaled copies of q, which is fine for timing
     q, k, v = shaped(1, 16, 1024, 80), shaped(1, 16, 1024, 80) * 0.5, shaped(1, 16, 1024, 80) * 0.25
     lq, lk, lv = shaped(1, 12, 1024, 128), shaped(1, 2, 1024, 128) * 0.5, shaped(1, 2, 1024, 128) * 0.25
-    uq, uk, uv = shaped(2, 4096, 320), shaped(2, 4096, 320) * 0.5, shaped(2, 4096, 320) * 0.25
+    uq, uk, uv = shaped(2, 4096, 8, 40), shaped(2, 4096, 8, 40) * 0.5, shaped(2, 4096, 8, 40) * 0.25
     return [
         ("attention 16x1024x80 (Qwen2-VL vision; vs NumPy)", lambda: attn.attention(q, k, v, 80**-0.5),
          without_ext(lambda: attn.attention(q, k, v, 80**-0.5))),
         ("attention causal 12/2 heads x1024x128 (Qwen2-1.5B prefill; vs NumPy)",
          lambda: attn.attention(lq, lk, lv, 128**-0.5, causal=True),
          without_ext(lambda: attn.attention(lq, lk, lv, 128**-0.5, causal=True))),
-        ("attention 2x4096x8x40 (SD1.5 UNet at 64x64; vs NumPy)", lambda: blocks.attention(uq, uk, uv, 8),
-         without_ext(lambda: blocks.attention(uq, uk, uv, 8))),
+        ("attention 2x4096x8x40 (SD1.5 UNet at 64x64; vs NumPy)",
+         lambda: attn.attention(uq, uk, uv, 40**-0.5, token_major=True),
+         without_ext(lambda: attn.attention(uq, uk, uv, 40**-0.5, token_major=True))),
     ]  # fmt: skip
 
 

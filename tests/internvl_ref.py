@@ -557,8 +557,9 @@ def reference_logits(model, input_ids: Sequence[int], pixel_values: np.ndarray |
 
 
 def reference_greedy(model, input_ids: Sequence[int], pixel_values: np.ndarray | None,
-                     max_new_tokens: int, eos_token_id: int | Sequence[int]) -> list[int]:
-    """Greedy ids after the prompt via model.generate (KV cache); ends with the eos id when it stopped on one."""
+                     max_new_tokens: int, eos_token_id: int | Sequence[int], with_logits: bool = False):
+    """Greedy ids after the prompt via model.generate (KV cache); ends with the eos id when it stopped on one.
+    with_logits: (ids, (steps, vocab) float32 logits each id was chosen from)."""
     import torch
 
     ids = torch.tensor([list(input_ids)], dtype=torch.long)
@@ -567,8 +568,9 @@ def reference_greedy(model, input_ids: Sequence[int], pixel_values: np.ndarray |
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **images, do_sample=False,
                              max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=eos, pad_token_id=eos[0],
-                             num_beams=1, repetition_penalty=1.0)
-    return out[0, ids.shape[1]:].tolist()
+                             num_beams=1, repetition_penalty=1.0, return_dict_in_generate=True, output_logits=True)
+    tokens = out.sequences[0, ids.shape[1]:].tolist()
+    return (tokens, torch.cat(out.logits).float().numpy()) if with_logits else tokens
 
 
 # ----------------------------------------------------------------------------- image preprocessing

@@ -291,14 +291,17 @@ def reference_logits(model, inputs: dict) -> np.ndarray:
         return model(**_torch_inputs(inputs)).logits[0].float().numpy()
 
 
-def reference_greedy(model, inputs: dict, max_new_tokens: int, eos_token_id: int) -> list[int]:
+def reference_greedy(model, inputs: dict, max_new_tokens: int, eos_token_id: int, with_logits: bool = False):
+    """Greedy ids after the prompt via model.generate; ends with the eos id when it stopped on one.
+    with_logits: (ids, (steps, vocab) float32 logits each id was chosen from)."""
     import torch
 
     with torch.no_grad():
         out = model.generate(**_torch_inputs(inputs), do_sample=False, max_new_tokens=max_new_tokens,
                              min_new_tokens=0, eos_token_id=[eos_token_id], pad_token_id=eos_token_id,
-                             num_beams=1, repetition_penalty=1.0)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
+                             num_beams=1, repetition_penalty=1.0, return_dict_in_generate=True, output_logits=True)
+    tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    return (tokens, torch.cat(out.logits).float().numpy()) if with_logits else tokens
 
 
 # ----------------------------------------------------------------------------- video reference

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import paddle
 import pytest
 
+from helpers import json_of
 from mixcli import envcheck, runtime
 
 
@@ -19,8 +19,7 @@ def test_json_is_one_document_naming_the_cpu_build(cli, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_very_secret")
     monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.com")
     result = cli("check-env", "--json")
-    assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = json_of(result)
     assert report["ok"] is True
     assert report["paddle"]["build"] == "cpu" and report["paddle"]["version"] == paddle.__version__
     assert report["paddle"]["devices"] == [{"name": "cpu", "ok": True}]
@@ -62,8 +61,7 @@ def test_paddle_missing_exits_1(cli, monkeypatch):
     monkeypatch.setattr(runtime, "_paddle", None)
     monkeypatch.setitem(sys.modules, "paddle", None)  # makes `import paddle` raise ImportError
     result = cli("check-env", "--json")
-    assert result.exit_code == 1
-    report = json.loads(result.stdout)
+    report = json_of(result, code=1)
     assert report["ok"] is False and report["paddle"] is None and report["threads"]["paddle"] is None
     assert "PaddlePaddle is not installed" in problems(report, "error")[0]["problem"]
     assert "error: PaddlePaddle is not installed" in result.stderr

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from helpers import json_of, json_lines, picture
 from mixcli.datacopilot import MMDataset, convert, detect, schema
 from mixcli.datacopilot.io import open_writer, read_records
 from mixcli.datacopilot.validate import check_record, run_validate
-
-
-def _image(path, size=(64, 48), seed=0):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
 
 
 def _mm(i, image="a.png", question="<image>\nWhat is this?", answer="A cat."):
@@ -39,8 +33,8 @@ TEXT_ONLY = {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt
 
 @pytest.fixture
 def folder(tmp_path):
-    _image(tmp_path / "a.png")
-    _image(tmp_path / "b.png", (32, 32), seed=1)
+    picture(64, 48).save(tmp_path / "a.png")
+    picture(32, 32, seed=1).save(tmp_path / "b.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     return tmp_path
 
@@ -185,8 +179,7 @@ def test_validate_sanitizes(folder):
 def test_validate_cli(folder, cli):
     src = _jsonl(folder / "d.jsonl", [MM, _mm(1, image="missing.png")], raw_lines=["[1,"])
     r = cli("datacopilot", "validate", str(src), "--json")
-    assert r.exit_code == 1
-    doc = json.loads(r.stdout)
+    doc = json_of(r, code=1)
     assert doc["bad"] == 2 and doc["problems_total"] == 2 and {p["row"] for p in doc["problems"]} == {2, 3}
     r = cli("datacopilot", "validate", str(src), "--images", "skip")
     assert r.exit_code == 1 and "row 3: error: bad JSON" in r.stdout and "row 2" not in r.stdout
@@ -199,14 +192,12 @@ def test_validate_cli(folder, cli):
 
 def test_info_and_head_cli(folder, cli):
     src = _jsonl(folder / "d.jsonl", [MM, _mm(1, image="gone.png"), OPENAI, _mm(2, image="http://h/x.jpg")])
-    doc = json.loads(cli("datacopilot", "info", str(src), "--json").stdout)
+    doc = json_of(cli("datacopilot", "info", str(src), "--json"))
     assert doc["rows"] == 4 and doc["schemas"] == {"mm": 3, "openai": 1}
     assert doc["images"] == {"referenced": 4, "missing": 1, "urls": 1}
-    r = cli("datacopilot", "head", str(src), "-n", "2", "--to", "mix")
-    assert r.exit_code == 0
-    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    lines = json_lines(cli("datacopilot", "head", str(src), "-n", "2", "--to", "mix"))
     assert len(lines) == 2 and lines[0]["images"] == ["a.png"]
-    assert json.loads(cli("datacopilot", "head", str(src), "-n", "1", "--json").stdout) == [MM]
+    assert json_of(cli("datacopilot", "head", str(src), "-n", "1", "--json")) == [MM]
 
 
 def test_convert_cli_round_trip(folder, cli):
@@ -214,8 +205,7 @@ def test_convert_cli_round_trip(folder, cli):
     src = _jsonl(folder / "d.jsonl", rows, raw_lines=["not json", json.dumps({"foo": 1}),
                                                     json.dumps({"conversations": [{"from": "human", "value": None}]})])
     r = cli("datacopilot", "convert", str(src), "--to", "openai", "-o", str(folder / "o.parquet"), "--json")
-    assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["skipped"] == 3 and "3 row(s) skipped" in r.stderr
+    assert json_of(r)["skipped"] == 3 and "3 row(s) skipped" in r.stderr
     assert all(detect(x) == "openai" for x in MMDataset.open(folder / "o.parquet"))
     r = cli("datacopilot", "convert", str(src), "--to", "openai", "-o", str(folder / "o.parquet"))
     assert r.exit_code == 1 and "--force" in r.stderr

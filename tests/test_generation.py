@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from helpers import PARITY_TOLERANCE, assert_clear_margins, greedy_with_logits
 from mixcli.errors import MixError
 from mixcli.generation import SamplingConfig, apply_repetition_penalty, generate, sample_token, stream_generate
 
@@ -247,3 +249,20 @@ def test_generation_to_dict_has_the_contract_keys():
     assert record["prompt_token_ids"] == PROMPT_IDS and record["prompt_tokens"] == len(PROMPT_IDS)
     assert record["generated_tokens"] == 3 and record["finish_reason"] == "stop"
     assert record["timings"]["ttft_s"] >= 0 and record["timings"]["decode_tokens_per_s"] > 0
+
+
+def test_greedy_with_logits_keeps_each_chosen_steps_row():
+    """The test helper behind every margin check: one row per generated token, plus the stop step."""
+    model = scripted(HEL, LO, EOS, WORLD)
+    result, steps = greedy_with_logits(model, SimpleNamespace(ids=PROMPT_IDS), 8, [EOS])
+    assert result.token_ids == [HEL, LO]
+    np.testing.assert_array_equal(steps, model.rows[:3])
+
+
+def test_clear_margins_refuse_a_near_tie():
+    rows = np.random.default_rng(0).normal(size=(3, 8))
+    rows[:, 2] = rows.max(-1) + 1.0
+    assert_clear_margins(rows)
+    rows[1, 5] = rows[1, 2] - 2 * PARITY_TOLERANCE * np.abs(rows).max()  # within reach of rounding
+    with pytest.raises(AssertionError, match="step 1: "):
+        assert_clear_margins(rows)

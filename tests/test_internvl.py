@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from helpers import assert_clear_margins, picture
 from internvl_ref import (
     TinyInternVL,
     reference_greedy,
@@ -30,11 +30,6 @@ VARIANTS = {
         qk_normalization=True, norm_type="rms_norm", select_layer=-2, ps_version="v1", num_key_value_heads=4
     ),
 }
-
-
-def picture(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -75,11 +70,13 @@ def test_prompt_ids_match_upstream(checkpoint):
 
 def test_logits_and_greedy_tokens_match_reference(checkpoint):
     knobs, path, model, ref = checkpoint
-    prompt = model.prepare([("What is written here?", None)], [picture(100, 60)])
+    # Picture seed 3: every variant's greedy steps lead by >= 34x the parity tolerance (seed 0: 9.5x).
+    prompt = model.prepare([("What is written here?", None)], [picture(100, 60, 3)])
     assert_logits_close(prompt_logits(model, prompt), reference_logits(ref, prompt.ids, prompt.pixel_values, True))
     eos = model.tokenizer.token_id(upstream_eos_token(knobs.template))
+    theirs, steps = reference_greedy(ref, prompt.ids, prompt.pixel_values, 12, eos, with_logits=True)
+    assert_clear_margins(steps)
     ours = generate(model, prompt, prompt.ids, SamplingConfig(max_new_tokens=12, stop_token_ids=[eos]))
-    theirs = reference_greedy(ref, prompt.ids, prompt.pixel_values, 12, eos)
     assert ours.token_ids == [t for t in theirs if t != eos]
 
 

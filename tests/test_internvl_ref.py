@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import internvl_ref as R
+from helpers import assert_clear_margins, picture
 
 VARIANTS = {
     "qwen2": R.TinyInternVL(),
@@ -23,11 +24,6 @@ VARIANTS = {
                                     select_layer=-2, ps_version="v1"),
 }
 SHARDS = {"qwen2-bf16": 2, "internlm2": 2}
-
-
-def _image(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -245,8 +241,8 @@ def test_internlm2_wqkv_split_reads_groups_per_kv_head():
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_reference_matches_upstream_transcription(checkpoints, models, name):
     knobs, path = VARIANTS[name], checkpoints[name]
-    pv = np.concatenate([R.upstream_pixel_values(_image(130, 70), knobs.image_size, 1, knobs.max_dynamic_patch, True),
-                         R.upstream_pixel_values(_image(60, 60, 1), knobs.image_size, 1, knobs.max_dynamic_patch, True)])
+    pv = np.concatenate([R.upstream_pixel_values(picture(130, 70), knobs.image_size, 1, knobs.max_dynamic_patch, True),
+                         R.upstream_pixel_values(picture(60, 60, 1), knobs.image_size, 1, knobs.max_dynamic_patch, True)])
     question = R.upstream_multi_image_question("Describe the two images.", 2)
     ids = R.upstream_prompt_ids(path, R.upstream_prompt(question, knobs.template, [3, 1], knobs.num_image_token))
     got = R.reference_logits(models[name], ids, pv, all_positions=True)
@@ -257,7 +253,7 @@ def test_reference_matches_upstream_transcription(checkpoints, models, name):
 
 def test_pixel_shuffle_v1_is_applied_and_differs_from_v2(checkpoints, models):
     path, knobs = checkpoints["qwen2-v25"], VARIANTS["qwen2-v25"]
-    pv = torch.from_numpy(R.upstream_pixel_values(_image(70, 70), knobs.image_size, 1, 1, False))
+    pv = torch.from_numpy(R.upstream_pixel_values(picture(70, 70), knobs.image_size, 1, 1, False))
     cfg, weights = R.read_checkpoint(path)
     w = {n: torch.from_numpy(a) for n, a in weights.items()}
     v1, v2 = (_extract_feature({**cfg, "ps_version": v}, w, pv) for v in ("v1", "v2"))
@@ -271,19 +267,23 @@ def test_greedy_matches_a_loop_without_cache(checkpoints, models, name):
     from tokenizers import Tokenizer
 
     knobs, path = VARIANTS[name], checkpoints[name]
-    pv = R.upstream_pixel_values(_image(100, 40), knobs.image_size, 1, knobs.max_dynamic_patch, True)
+    pv = R.upstream_pixel_values(picture(100, 40), knobs.image_size, 1, knobs.max_dynamic_patch, True)
     ids = R.upstream_prompt_ids(path, R.upstream_prompt("Describe it.", knobs.template, [len(pv)], knobs.num_image_token))
     eos = Tokenizer.from_file(str(path / "tokenizer.json")).token_to_id(R.upstream_eos_token(knobs.template))
-    seq = list(ids)
+    seq, steps = list(ids), []
     while len(seq) < len(ids) + 6 and seq[-1] != eos:
-        seq.append(int(np.argmax(R.reference_logits(models[name], seq, pv))))
+        steps.append(R.reference_logits(models[name], seq, pv))
+        seq.append(int(np.argmax(steps[-1])))
+    assert_clear_margins(steps)
     assert R.reference_greedy(models[name], ids, pv, max_new_tokens=6, eos_token_id=eos) == seq[len(ids):]
 
 
 def test_greedy_stops_on_eos(checkpoints, models):
     path, knobs = checkpoints["qwen2"], VARIANTS["qwen2"]
     ids = R.upstream_prompt_ids(path, R.upstream_prompt("Hello", knobs.template, [], knobs.num_image_token))
-    first = int(np.argmax(R.reference_logits(models["qwen2"], ids)))
+    logits = R.reference_logits(models["qwen2"], ids)
+    assert_clear_margins(logits)
+    first = int(np.argmax(logits))
     assert R.reference_greedy(models["qwen2"], ids, None, max_new_tokens=5, eos_token_id=first) == [first]
 
 
@@ -300,7 +300,7 @@ def _hf_processor(size: int, min_patches: int, max_patches: int):
 
 @pytest.mark.parametrize("size", [(130, 70), (56, 56), (40, 200), (300, 90), (57, 55), (33, 17)])
 def test_pixel_values_equal_transformers_processor(size):
-    image = _image(*size)
+    image = picture(*size)
     want = _hf_processor(56, 1, 6)(images=[image], return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(R.upstream_pixel_values(image, 56, 1, 6, use_thumbnail=True), want)
 
@@ -323,7 +323,7 @@ def test_grid_differs_from_transformers_on_equal_products():
 
 
 def test_tiles_are_row_major_crops_plus_thumbnail():
-    image = _image(150, 60)
+    image = picture(150, 60)
     tiles = R.upstream_tiles(image, 28, 1, 12, use_thumbnail=True)
     cols, rows = R.upstream_grid(150, 60, 28, 1, 12)
     assert len(tiles) == cols * rows + 1 and all(t.size == (28, 28) for t in tiles)

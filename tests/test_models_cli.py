@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from helpers import json_of
 from hubserver import hub  # noqa: F401  (the fixture)
 
 from mixcli.paths import repo_dir
@@ -23,9 +22,7 @@ def downloaded(cli, hub):  # noqa: F811
 
 
 def rows_by_alias(cli) -> dict:
-    result = cli("models", "list", "--json")
-    assert result.exit_code == 0, result.stderr
-    return {row["alias"]: row for row in json.loads(result.stdout)}
+    return {row["alias"]: row for row in json_of(cli("models", "list", "--json"))}
 
 
 def test_list_has_every_alias_and_the_embedded_model_is_on_disk(cli):
@@ -35,6 +32,14 @@ def test_list_has_every_alias_and_the_embedded_model_is_on_disk(cli):
     row = rows[ALIAS]
     assert (row["repo"], row["family"], row["task"]) == ("OpenGVLab/InternVL2-1B", "internvl_chat", "vlm")
     assert not row["on_disk"] and row["size_bytes"] == 0 and row["path"] is None
+    assert row["runnable"] is True and rows["ppocr-v4"]["runnable"] is True
+    assert rows["llava-1.5-7b"]["runnable"] is False and rows["stable-diffusion-v1-5"]["runnable"] is True
+
+
+def test_list_says_which_models_run_yet(cli):
+    table = cli("models", "list").stdout.splitlines()
+    llava = next(line for line in table if line.startswith("llava-1.5-7b "))
+    assert "not yet" in llava
 
 
 def test_list_shows_a_download(cli, downloaded):
@@ -42,7 +47,7 @@ def test_list_shows_a_download(cli, downloaded):
     assert row["on_disk"] and row["path"] == str(downloaded)
     assert row["size_bytes"] == sum(len(d) for d in FILES.values())
     table = cli("models", "list").stdout.splitlines()
-    assert table[0].split() == ["alias", "repo", "family", "task", "on_disk", "size"]
+    assert table[0].split() == ["alias", "repo", "family", "task", "runs", "on_disk", "size"]
     line = next(line for line in table if line.startswith(ALIAS + " "))
     assert line.split()[-3:] == ["yes", "10.0", "KiB"]
 
@@ -60,9 +65,7 @@ def test_list_includes_unregistered_downloads(cli, hub):  # noqa: F811
 
 
 def test_show_gives_fields_path_and_files(cli, downloaded):
-    result = cli("models", "show", ALIAS, "--json")
-    assert result.exit_code == 0, result.stderr
-    info = json.loads(result.stdout)
+    info = json_of(cli("models", "show", ALIAS, "--json"))
     assert info["alias"] == ALIAS and info["license"] == "mit" and info["source"] == "hub"
     assert info["path"] == str(downloaded) and info["on_disk"]
     assert info["files"] == [{"path": p, "size": len(d)} for p, d in sorted(FILES.items())]

@@ -9,6 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import (
+    assert_clear_margins,
+    error_line,
+    greedy_with_logits,
+    json_lines,
+    json_of,
+    picture,
+    write_gif,
+    write_mp4,
+)
 from qwen2_vl_ref import (
     TinyQwen2VL,
     reference_greedy,
@@ -33,11 +43,6 @@ VARIANTS = {
     "qwen2.5-windows": TinyQwen2VL(qwen2_5=True),
     "qwen2.5-tied-windows-only": TinyQwen2VL(qwen2_5=True, tie_word_embeddings=True, fullatt_block_indexes=()),
 }
-
-
-def picture(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -85,8 +90,9 @@ def test_logits_and_greedy_tokens_match_reference(checkpoint):
     inputs = reference_inputs(processor, user(Image, "What is in the picture?"), [image])
     assert_logits_close(prompt_logits(model, prompt), reference_logits(ref, inputs))
     eos = model.tokenizer.token_id("<|im_end|>")
+    theirs, steps = reference_greedy(ref, inputs, 12, eos, with_logits=True)
+    assert_clear_margins(steps)
     ours = generate(model, prompt, prompt.ids, SamplingConfig(max_new_tokens=12, stop_token_ids=[eos]))
-    theirs = reference_greedy(ref, inputs, 12, eos)
     assert ours.token_ids == [t for t in theirs if t != eos]
 
 
@@ -122,24 +128,11 @@ def test_second_turn_keeps_the_first_image(checkpoint):
 
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory):
-    """A 4.5 s PyAV clip at 10 fps whose 336x308 frames need no resize under the video pixel limits."""
-    rng = np.random.default_rng(7)
+    """A 4.5 s PyAV clip at 10 fps whose 336x308 frames need no resize under the video pixel limits.
+    Seed 2: every variant's greedy steps on it lead by >= 36x the parity tolerance (seed 7: 9.8x)."""
+    rng = np.random.default_rng(2)
     frames = [picture(336, 308, seed) for seed in rng.integers(0, 1000, 45)]
     return write_mp4(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, rate=10)
-
-
-def write_mp4(path, frames: list[Image.Image], rate: int):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_image(image)):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def reference_video(model, path, fps: float) -> tuple[np.ndarray, dict]:
@@ -185,8 +178,10 @@ def test_video_clip_matches_reference(checkpoint, clip_file):
     assert sorted(set((temporal - temporal.min()).tolist())) == steps
     assert_logits_close(prompt_logits(model, prompt), reference_logits(ref, inputs))
     eos = model.tokenizer.token_id("<|im_end|>")
+    theirs, steps = reference_greedy(ref, inputs, 8, eos, with_logits=True)
+    assert_clear_margins(steps)
     ours = generate(model, prompt, prompt.ids, SamplingConfig(max_new_tokens=8, stop_token_ids=[eos]))
-    assert ours.token_ids == [t for t in reference_greedy(ref, inputs, 8, eos) if t != eos]
+    assert ours.token_ids == [t for t in theirs if t != eos]
 
 
 @pytest.mark.parametrize(
@@ -217,8 +212,7 @@ def test_resized_video_frames_match_the_processor(small_model, tmp_path):
     """Frames that need a resize: the same grid; pixels within two 8-bit levels, since PIL's bicubic
     and torch's uint8 antialiased kernel round about 1 % of the values apart."""
     frames = [picture(100, 60, seed) for seed in range(9)]
-    frames[0].save(tmp_path / "odd.gif", save_all=True, append_images=frames[1:], duration=250)
-    clip = small_model.sample_video(str(tmp_path / "odd.gif"))  # 2.25 s at 2 fps: 4 frames
+    clip = small_model.sample_video(str(write_gif(tmp_path / "odd.gif", frames, duration=250)))  # 2.25 s at 2 fps: 4 frames
     prompt = small_model.prepare([("What happens?", None)], [], video=clip)
     video = np.stack([np.asarray(f) for f in clip.frames])
     size = upstream_video_size(60, 100, 4, max_video_tokens=small_model.context_length)
@@ -327,27 +321,20 @@ def cli_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     path = write_checkpoint(root / "ckpt", TinyQwen2VL(), seed=3)
     picture(90, 60, 5).save(root / "photo.png")
-    frames = [picture(84, 56, seed) for seed in range(4)]
-    frames[0].save(root / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+    write_gif(root / "clip.gif", [picture(84, 56, seed) for seed in range(4)], duration=100)
     write_mp4(root / "clip.mp4", [picture(64, 48, seed) for seed in range(30)], rate=10)  # 3 s
     return path, root
 
 
-def error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
 def test_infer_json_matches_reference_greedy(cli, cli_files):
     path, root = cli_files
-    result = cli("infer", str(path), str(root / "photo.png"), "-q", "Describe.", "--max-new-tokens", "6", "--json")
-    assert result.exit_code == 0, result.stderr
-    record = json.loads(result.stdout)
+    record = json_of(cli("infer", str(path), str(root / "photo.png"), "-q", "Describe.", "--max-new-tokens", "6", "--json"))
     inputs = reference_inputs(reference_processor(path), user(Image, "Describe."), [Image.open(root / "photo.png")])
     assert record["prompt_token_ids"] == inputs["input_ids"][0].tolist()
     eos = load_model(path).tokenizer.token_id("<|im_end|>")
-    assert record["token_ids"] == [t for t in reference_greedy(reference_model(path), inputs, 6, eos) if t != eos]
+    theirs, steps = reference_greedy(reference_model(path), inputs, 6, eos, with_logits=True)
+    assert_clear_margins(steps)
+    assert record["token_ids"] == [t for t in theirs if t != eos]
 
 
 def test_infer_video_gif(cli, cli_files):
@@ -355,22 +342,22 @@ def test_infer_video_gif(cli, cli_files):
     result = cli("infer", str(path), "--video", str(root / "clip.gif"), "--frames", "4", "-q", "What happens?",
                  "--max-new-tokens", "3")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip()
+    assert result.stdout.strip() and result.stdout.endswith("\n")
 
 
 def test_infer_positional_video(cli, cli_files):
     """`mix infer MODEL clip.mp4 -q ...`: sampled at 2 fps (6 of 30 frames), the same prompt the library builds."""
     path, root = cli_files
     args = ["-q", "What happens?", "--max-new-tokens", "4", "--json"]
-    record = json.loads(cli("infer", str(path), str(root / "clip.mp4"), *args).stdout)
+    record = json_of(cli("infer", str(path), str(root / "clip.mp4"), *args))
     assert record["video"] == {"path": str(root / "clip.mp4"), "frames": 6, "fps": 2.0,
                                "timestamps": [0.0, 0.6, 1.2, 1.7, 2.3, 2.9]}
     model = load_model(path)
     prompt = model.prepare([("What happens?", None)], [], video=model.sample_video(str(root / "clip.mp4")))
     assert record["prompt_token_ids"] == prompt.ids
-    explicit = json.loads(cli("infer", str(path), "--video", str(root / "clip.mp4"), *args).stdout)
+    explicit = json_of(cli("infer", str(path), "--video", str(root / "clip.mp4"), *args))
     assert explicit["token_ids"] == record["token_ids"]
-    fewer = json.loads(cli("infer", str(path), str(root / "clip.mp4"), "--fps", "1", *args).stdout)
+    fewer = json_of(cli("infer", str(path), str(root / "clip.mp4"), "--fps", "1", *args))
     assert fewer["video"]["frames"] == 4 and fewer["prompt_tokens"] < record["prompt_tokens"]
 
 
@@ -378,26 +365,25 @@ def test_infer_image_and_video_together(cli, cli_files):
     path, root = cli_files
     result = cli("infer", str(path), str(root / "photo.png"), str(root / "clip.mp4"), "-q", "Same scene?",
                  "--max-new-tokens", "2", "--json")
-    assert result.exit_code == 0, result.stderr
     model = load_model(path)
-    ids = json.loads(result.stdout)["prompt_token_ids"]
+    ids = json_of(result)["prompt_token_ids"]
     image_at, video_at = ids.index(model.config.image_token_id), ids.index(model.config.video_token_id)
     assert image_at < video_at  # unplaced images come before the video, as upstream lists them
 
 
 def test_batch_and_chat_take_a_video(cli, cli_files, tmp_path):
     path, root = cli_files
-    single = json.loads(cli("infer", str(path), str(root / "clip.mp4"), "-q", "What happens?",
-                            "--max-new-tokens", "3", "--json").stdout)
+    single = json_of(cli("infer", str(path), str(root / "clip.mp4"), "-q", "What happens?",
+                         "--max-new-tokens", "3", "--json"))
     batch = tmp_path / "in.jsonl"
     batch.write_text(json.dumps({"video": str(root / "clip.mp4"), "question": "What happens?"}) + "\n")
-    record = json.loads(cli("infer", str(path), "--batch", str(batch), "--max-new-tokens", "3").stdout)
-    assert record["token_ids"] == single["token_ids"]
+    [record] = json_lines(cli("infer", str(path), "--batch", str(batch), "--max-new-tokens", "3"))
+    assert record["token_ids"] == single["token_ids"] and record["line"] == 1
     chat = cli("chat", str(path), "--max-new-tokens", "3", input=f"/video {root / 'clip.mp4'}\nWhat happens?\nAnd?\n")
     assert chat.exit_code == 0, chat.stderr
     assert chat.stdout.splitlines()[0] == single["text"] and len(chat.stdout.splitlines()) == 2
     second = cli("chat", str(path), str(root / "clip.mp4"), input=f"/video {root / 'clip.mp4'}\n")
-    assert second.exit_code == 1 and "already has a video" in error_line(second)
+    assert "already has a video" in error_line(second)
 
 
 @pytest.mark.parametrize(
@@ -428,7 +414,6 @@ def test_infer_bad_video_input(cli, cli_files, args, code, needle):
 def test_infer_bad_input(cli, cli_files, args, needle):
     path, root = cli_files
     result = cli("infer", str(path), str(root / "photo.png"), "-q", "Describe.", *args)
-    assert result.exit_code == 1
     assert needle in error_line(result)
 
 
@@ -436,7 +421,6 @@ def test_infer_tiny_image(cli, cli_files, tmp_path):
     path, _ = cli_files
     picture(8, 30).save(tmp_path / "tiny.png")
     result = cli("infer", str(path), str(tmp_path / "tiny.png"), "-q", "Describe.")
-    assert result.exit_code == 1
     assert "smaller than one 14x14 patch" in error_line(result)
 
 
@@ -445,5 +429,9 @@ def test_paddlemix_pdparams_copy_gives_the_same_tokens(cli, cli_files, tmp_path)
     path, root = cli_files
     copy = write_paddle_copy(path, tmp_path / "paddle-copy")
     args = [str(root / "photo.png"), "-q", "Describe.", "--max-new-tokens", "5", "--json"]
-    ours = json.loads(cli("infer", str(copy), *args, "--allow-pickle").stdout)
-    assert ours["token_ids"] == json.loads(cli("infer", str(path), *args).stdout)["token_ids"]
+    model = load_model(path)
+    prompt = model.prepare([("Describe.", None)], [Image.open(root / "photo.png").convert("RGB")])
+    expected, steps = greedy_with_logits(model, prompt, 5, model.stop_token_ids)
+    assert_clear_margins(steps)
+    assert json_of(cli("infer", str(path), *args))["token_ids"] == expected.token_ids
+    assert json_of(cli("infer", str(copy), *args, "--allow-pickle"))["token_ids"] == expected.token_ids

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
-from PIL import Image
 from transformers import PreTrainedTokenizer
 
+from helpers import picture
 from internvl_ref import SYSTEM_MESSAGE_V2, TinyInternVL, upstream_prompt, write_checkpoint
 from mixcli.errors import CheckpointError
 from mixcli.models import load_model
@@ -295,9 +295,8 @@ def test_internvl_checkpoint_with_only_tokenizer_model(tmp_path):
     write_tokenizer(path, model, internvl2_2b_config(vocab_size(model)))
     ref = InternLM2Reference.from_pretrained(str(path))
 
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 120, 3), dtype=np.uint8))
     loaded = load_model(path)
-    prompt = loaded.prepare([("Hi", None)], [image])
+    prompt = loaded.prepare([("Hi", None)], [picture(120, 60)])
     assert prompt.text == upstream_prompt("Hi", knobs.template, [len(prompt.pixel_values)], knobs.num_image_token)
     assert prompt.ids == ref.encode(prompt.text)
     assert prompt.ids.count(loaded.image_token_id) == len(prompt.pixel_values) * knobs.num_image_token

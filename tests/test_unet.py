@@ -14,7 +14,7 @@ from sd_ref import write_sd15, write_sdxl
 from mixcli.diffusion import blocks, winograd
 from mixcli.diffusion.unet import UNetConfig, build_unet
 from mixcli.errors import CheckpointError
-from mixcli.layers import cpu
+from mixcli.layers import attention, cpu
 from mixcli.weights import open_checkpoint
 
 FP16_FILE = "diffusion_pytorch_model.fp16.safetensors"
@@ -151,10 +151,12 @@ def test_winograd_convolution(shape, out_channels, band_bytes, conv_tiles, monke
 @pytest.mark.parametrize("block_bytes", [16 << 20, 400])  # all heads and rows at once, or a head and 5 rows
 @pytest.mark.parametrize("scale", [0.1, 60.0])  # 60: raw exp overflows, the stable recomputation takes over
 def test_cpu_attention(scale, block_bytes, monkeypatch):
-    monkeypatch.setattr(blocks, "SCORE_BLOCK_BYTES", block_bytes)
+    """The NumPy attention path in the UNet's layout: (B, T, H*D) viewed as (B, T, H, D), token-major."""
+    monkeypatch.setattr(attention, "SCORE_BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((2, n, 3 * 8), dtype=np.float32) for n in (33, 20, 20))
-    out = blocks.cpu_attention(q, k, v, heads=3, scale=scale)
+    heads = [paddle.to_tensor(x.reshape(2, -1, 3, 8)) for x in (q, k, v)]
+    out = attention.host_attention(*heads, scale, token_major=True).numpy().reshape(2, 33, 24)
     split = lambda x: x.reshape(2, -1, 3, 8).transpose(0, 2, 1, 3).astype(np.float64)  # noqa: E731
     scores = split(q) @ split(k).transpose(0, 1, 3, 2) * scale
     probs = np.exp(scores - scores.max(-1, keepdims=True))

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 from .errors import DownloadError, MixError
 from .paths import atomic_write, models_dir, repo_dir
-from .registry import ModelRef, ModelSpec, find_by_repo, get_spec, looks_like_repo_id, resolve_model
+from .registry import ModelRef, ModelSpec, find_by_repo, get_spec, load_registry, looks_like_repo_id, resolve_model
 
 META = Path(".mix") / "download.json"
 CHUNK = 1 << 20
@@ -146,6 +146,37 @@ def model_status(spec: ModelSpec) -> dict:
     files, meta = disk_files(folder), read_meta(folder) or {}
     return {"path": str(folder), "on_disk": embedded or is_complete(folder, spec.revision),
             "size_bytes": sum(f["size"] for f in files), "files": files, "commit": meta.get("commit")}
+
+
+def runnable(spec: ModelSpec, folder: str | None) -> bool | None:
+    """Whether mix runs this model: OCR and diffusion pipelines do, vision-language models when their
+    family is implemented; an unregistered download by its config.json's model_type (None: unknown)."""
+    from .models import is_supported
+
+    if spec.task in ("ocr", "text-to-image"):
+        return True
+    if spec.task == "vlm":
+        return is_supported(spec.family)
+    config = Path(folder) / "config.json" if folder else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        return is_supported(str(json.loads(config.read_text(encoding="utf-8")).get("model_type", "")))
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def listing() -> list[dict]:
+    """Every registered alias, then downloaded repos that no alias names: what `mix models list` shows."""
+    specs = list(load_registry().values())
+    specs += [lookup(repo) for repo in downloaded_repos() if find_by_repo(repo) is None]
+    rows = []
+    for spec in specs:
+        status = model_status(spec)
+        rows.append({"alias": spec.alias, "repo": spec.repo, "family": spec.family, "task": spec.task,
+                     "runnable": runnable(spec, status["path"]), "source": spec.source, "on_disk": status["on_disk"],
+                     "size_bytes": status["size_bytes"], "path": status["path"]})  # fmt: skip
+    return rows
 
 
 def downloaded_repos() -> list[str]:

@@ -25,11 +25,11 @@ def check_image_path(source: str) -> None:
         raise _not_an_image(source, e) from e
 
 
-def load_image(source: str | Path | bytes) -> Image.Image:
+def load_image(source: str | Path | bytes, keep_alpha: bool = False) -> Image.Image:
     """An RGB image from a path, ``-`` (bytes on stdin) or raw bytes, turned upright by its EXIF orientation.
 
-    Transparent images are composited over white, so that text on a transparent
-    background stays readable.
+    Transparent images are composited over white (as qwen-vl-utils does), unless ``keep_alpha``: then
+    they come as RGBA (LA for grey), for a consumer that flattens them its own way (OCR: rapidocr's).
     """
     if isinstance(source, bytes):
         name, stream = "<bytes>", io.BytesIO(source)
@@ -40,7 +40,8 @@ def load_image(source: str | Path | bytes) -> Image.Image:
     try:
         with Image.open(stream) as img:
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            upright = ImageOps.exif_transpose(img)
+            return _with_alpha(upright) if keep_alpha and _has_alpha(upright) else _to_rgb(upright)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise _not_an_image(name, e) from e
 
@@ -66,9 +67,18 @@ def _not_an_image(name: str, exc: BaseException) -> InputError:
     return InputError(f"cannot read image '{name}': {reason}", "pass a PNG, JPEG, WebP, BMP, TIFF or GIF file")
 
 
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def _with_alpha(img: Image.Image) -> Image.Image:
+    """LA stays LA; every other transparent mode becomes RGBA."""
+    return img.copy() if img.mode in ("RGBA", "LA") else img.convert("RGBA")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """RGB, with any alpha (RGBA, LA, palette transparency) composited over white."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if _has_alpha(img):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")

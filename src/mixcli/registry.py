@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Mapping
 
+from . import configs
 from .errors import UnknownModelError
 
 if sys.version_info >= (3, 11):
@@ -33,12 +35,12 @@ class ModelSpec:
     include: tuple[str, ...] = ()  # files `mix download` fetches when no --include is given (default: all)
 
     @classmethod
-    def from_dict(cls, alias: str, data: dict) -> "ModelSpec":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "include" in values:
-            values["include"] = tuple(values["include"])
-        return cls(alias=alias, **values)
+    def from_dict(cls, alias: str, data: Mapping) -> "ModelSpec":
+        """One models.toml entry under its alias; unknown keys are ignored, as in every config."""
+        # The alias is the entry's table key, not one of its keys: an override, so an "alias" key never wins.
+        if "include" in data:  # TOML arrays are lists; the field is a tuple so the frozen spec stays hashable
+            data = {**data, "include": tuple(data["include"])}
+        return configs.from_dict(cls, data, alias=alias)
 
 
 @lru_cache(maxsize=1)

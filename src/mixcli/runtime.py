@@ -13,6 +13,13 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def fast_decode() -> bool:
+    """Whether decoding takes its host-side paths on the CPU (NumPy decode steps in layers.fastdecode,
+    single-row products through NumPy's BLAS in layers.linear); MIX_FAST_DECODE=0 turns both off, leaving
+    the plain Paddle path, the tests' oracle."""
+    return os.environ.get("MIX_FAST_DECODE", "1") != "0"
+
+
 def cpu_threads() -> int:
     """Cores this process may use (affinity-aware)."""
     try:

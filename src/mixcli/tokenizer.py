@@ -1,4 +1,5 @@
-"""Tokenizers read from a checkpoint (tokenizer.json, vocab.json + merges.txt, tokenizer.model) without transformers."""
+"""Tokenizers read from a checkpoint (tokenizer.json, vocab.json + merges.txt, tokenizer.model) without
+transformers, and the checkpoints' chat templates rendered as transformers' apply_chat_template does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import sentencepiece as spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from .errors import CheckpointError
+from .errors import CheckpointError, MixError
 
 # Qwen2's pre-tokenizer split (transformers' Qwen2Tokenizer PRETOKENIZE_REGEX).
 QWEN2_SPLIT = (
@@ -251,3 +252,88 @@ class TextTokenizer:
     @property
     def eos_token_id(self) -> int | None:
         return self.token_id(self.eos_token) if self.eos_token else None
+
+
+# --- chat templates and prompt assembly, shared by every family -----------------------------
+
+
+def load_chat_template(folder: Path) -> str:
+    """The checkpoint's chat template: chat_template.json, chat_template.jinja or tokenizer_config.json."""
+    for name in ("chat_template.json", "chat_template.jinja", "tokenizer_config.json"):
+        file = folder / name
+        if not file.exists():
+            continue
+        if name.endswith(".jinja"):
+            return file.read_text(encoding="utf-8")
+        template = json.loads(file.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+    raise CheckpointError(
+        f"{folder} has no chat template", "download the complete checkpoint with `mix download MODEL`"
+    )
+
+
+def render_chat(template: str, messages: list[dict], **extra) -> str:
+    """Render like transformers' apply_chat_template: sandboxed jinja2, trim_blocks, lstrip_blocks."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise MixError(f"the chat template refused the conversation: {message}", "check the question and images")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent, ensure_ascii=False)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **extra)
+
+
+def user_content(question: str, n_images: int, video: bool = False) -> list[dict]:
+    """A question as content parts: each '<image>' marker becomes an image part and a '<video>'
+    marker the video part; unplaced images (n_images) and an unplaced video come first, in that
+    order, as in the model card's messages."""
+    parts: list[dict] = [{"type": "image"}] * n_images + ([{"type": "video"}] if video else [])
+    for piece in re.split(r"(<image>|<video>)", question):
+        if piece in ("<image>", "<video>"):
+            parts.append({"type": piece[1:-1]})
+        elif piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
+def chat_messages(turns: list[tuple[str, str | None]], n_images: int, video: bool = False) -> list[dict]:
+    """Chat messages for the turns. Images belong to the first question and the video to the last,
+    unless '<image>' / '<video>' markers place them."""
+    placed = sum(q.count("<image>") for q, _ in turns)
+    if placed and placed != n_images:
+        raise MixError(
+            f"the question has {placed} <image> markers for {n_images} images",
+            "use one <image> per image, or none to put the images before the question",
+        )
+    videos = sum(q.count("<video>") for q, _ in turns)
+    if videos > int(video):
+        raise MixError(
+            f"the question has {videos} <video> markers for {int(video)} videos",
+            "pass one video per request, with at most one <video> marker",
+        )
+    messages = []
+    for i, (question, answer) in enumerate(turns):
+        count = n_images if (i == 0 and not placed) else 0
+        unplaced_video = video and not videos and i == len(turns) - 1
+        messages.append({"role": "user", "content": user_content(question, count, unplaced_video)})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def expand_pads(text: str, pad: str, counts: list[int]) -> str:
+    """Each ``pad`` token becomes ``count`` of them, one count per pad in order (an image's or a
+    video's number of vision tokens)."""
+    pieces = text.split(pad)
+    if len(pieces) - 1 != len(counts):
+        raise MixError(
+            f"the prompt has {len(pieces) - 1} {pad} slots for {len(counts)} inputs", "check the chat template"
+        )
+    out = pieces[0]
+    for count, piece in zip(counts, pieces[1:]):
+        out += pad * count + piece
+    return out

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 from .errors import InputError, MixError
 from .generation import Generation, SamplingConfig, generate
+from .models import is_supported
 from .registry import ModelRef, resolve_model
 
 
@@ -24,15 +25,37 @@ def model_dir(name: str) -> tuple[ModelRef, Path]:
     return ref, path
 
 
-def check_supported(ref: ModelRef) -> None:
-    """Fail before any work when a registered model's family has no implementation yet."""
-    from .models import FAMILIES
-
-    if ref.spec is not None and ref.spec.family not in FAMILIES:
+def check_model(name: str, command: str = "infer", sampling: SamplingConfig | None = None) -> ModelRef:
+    """The checks every front end makes before any work (download, Paddle, loading): the name
+    resolves, the model is a vision-language one whose family is implemented, the sampling settings
+    are valid. An OCR model passes for `infer`, which reads its text instead (see is_ocr)."""
+    ref = resolve_model(name)
+    spec = ref.spec
+    if spec is not None and spec.task == "ocr" and command != "infer":
         raise MixError(
-            f"model family '{ref.spec.family}' is not supported by `mix infer` yet",
-            "see `mix models list` for the supported models",
+            f"{spec.alias} is an OCR model: it reads the text of images and has no {command}",
+            f"read an image's text with `mix infer {spec.alias} IMAGE`",
         )
+    if spec is not None and spec.task == "text-to-image":
+        raise MixError(f"{spec.alias} is a text-to-image model", f'use `mix generate {spec.alias} "PROMPT" -o out.png`')
+    if spec is not None and spec.task == "vlm" and not is_supported(spec.family):
+        raise MixError(
+            f"{spec.alias} is a '{spec.family}' model, a family mix does not run yet",
+            "see `mix models list` for the models that run",
+        )
+    if sampling is not None:
+        sampling.validate()
+    return ref
+
+
+def is_ocr(ref: ModelRef) -> bool:
+    return ref.spec is not None and ref.spec.task == "ocr"
+
+
+def check_vlm_folder(path: Path) -> None:
+    """A local folder that holds something other than a vision-language checkpoint, said plainly."""
+    if (path / "model_index.json").is_file() and not (path / "config.json").is_file():
+        raise MixError(f"{path} is a diffusion pipeline", f'use `mix generate {path} "PROMPT" -o out.png`')
 
 
 @dataclass
@@ -98,15 +121,25 @@ class LoadedModel:
 
 
 def load_vlm(
-    name: str, device: str | None = None, dtype: str | None = None, allow_pickle: bool = False, **options
+    name: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    allow_pickle: bool = False,
+    sampling: SamplingConfig | None = None,
+    command: str = "infer",
+    **options,
 ) -> LoadedModel:
-    """Resolve, configure the runtime and load a vision-language model; ``options`` go to the
-    family's loader (e.g. max_pixels for Qwen2-VL)."""
+    """Check (check_model), configure the runtime and load a vision-language model; ``options`` go
+    to the family's loader (e.g. max_pixels for Qwen2-VL)."""
     from . import runtime
     from .models import load_model
 
     start = time.perf_counter()
+    ref = check_model(name, command, sampling)
+    if is_ocr(ref):
+        raise MixError(f"{ref.spec.alias} is an OCR model, not a vision-language one", f"use `mix infer {ref.spec.alias} IMAGE`")
     _, path = model_dir(name)
+    check_vlm_folder(path)
     rt = runtime.setup(device, dtype)
     model = load_model(path, dtype=rt.dtype, allow_pickle=allow_pickle, **options)
     return LoadedModel(name, model, round(time.perf_counter() - start, 4))

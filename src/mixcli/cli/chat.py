@@ -11,7 +11,25 @@ import typer
 
 from ..errors import MixError
 from . import output
-from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, FpsOpt, FramesOpt, MaxFramesOpt, ModelArg, SeedOpt
+from .options import (
+    AllowPickleOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FpsOpt,
+    FramesOpt,
+    MaxFramesOpt,
+    MaxNewTokensOpt,
+    MaxPixelsOpt,
+    ModelArg,
+    RepetitionPenaltyOpt,
+    SeedOpt,
+    StopOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    VideoOpt,
+    sampling_config,
+)
 
 HELP = (
     "commands: /image PATH, /video PATH (attach to the next message; one video per conversation), "
@@ -69,30 +87,36 @@ def command(
     images: Annotated[
         Optional[list[str]], typer.Argument(help="Images, and at most one video, for the first message.")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Most tokens per answer.")] = 512,
-    temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    max_new_tokens: MaxNewTokensOpt = 512,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    repetition_penalty: RepetitionPenaltyOpt = 1.0,
+    stop: StopOpt = None,
     seed: SeedOpt = None,
+    video: VideoOpt = None,
     fps: FpsOpt = None,
     frames: FramesOpt = None,
     max_frames: MaxFramesOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
 ) -> None:
     """Chat with a vision-language model; reads one message per line when stdin is not a terminal."""
-    from ..generation import SamplingConfig
     from ..images import load_image
     from ..video import probe
-    from ..vlm import ChatSession, VideoOptions, load_vlm, read_clip, split_inputs
+    from ..vlm import ChatSession, VideoOptions, check_model, load_vlm, read_clip, split_inputs
 
+    sampling = sampling_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop)
+    check_model(model, "chat", sampling)
     options = VideoOptions(fps, frames, max_frames)
     options.validate()
-    paths, video = split_inputs(images or [])
+    paths, video = split_inputs(images or [], video)
     pictures = [load_image(path) for path in paths]
     info = probe(video) if video is not None else None  # an unreadable video fails before the model loads
-    loaded = load_vlm(model, device, dtype, allow_pickle)
-    session = ChatSession(loaded, SamplingConfig(max_new_tokens, temperature, top_p, seed=seed))
+    loaded = load_vlm(model, device, dtype, allow_pickle, command="chat", max_pixels=max_pixels)
+    session = ChatSession(loaded, sampling)
     for picture in pictures:
         session.add_image(picture)
     if info is not None:

@@ -16,10 +16,7 @@ def command(json_: JsonOpt = False) -> None:
 
     from ..envcheck import collect, summary_rows
 
-    report = collect()
-    if json_:
-        output.emit_json(report)
-    else:
+    def show(report: dict) -> None:
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_column(style="bold")
         table.add_column(overflow="fold")
@@ -29,6 +26,9 @@ def command(json_: JsonOpt = False) -> None:
         for p in report["problems"]:
             text = f"{p['level']}: {p['problem']}\n  fix: {p['fix']}"
             output.stdout.print(text, style=STYLES[p["level"]], markup=False)
+
+    report = collect()
+    output.emit(report, json_, show)
     errors = [p for p in report["problems"] if p["level"] == "error"]
     if errors:
         output.error(f"{errors[0]['problem']} ({errors[0]['fix']})")

@@ -35,10 +35,7 @@ def _check_schema(to: str | None) -> None:
 
 
 def _done(summary: dict, json_: bool, line: str) -> None:
-    if json_:
-        output.emit_json(summary)
-    else:
-        output.result(line)
+    output.emit(summary, json_, line)
 
 
 @app.command("info")
@@ -47,8 +44,10 @@ def info_cmd(data: DataArg, image_root: RootOpt = None, json_: JsonOpt = False) 
     from ..datacopilot import MMDataset, ops
 
     summary = {"path": str(data), **ops.info(MMDataset.open(data), _root(data, image_root))}
-    if json_:
-        return output.emit_json(summary)
+    output.emit(summary, json_, _show_info)
+
+
+def _show_info(summary: dict) -> None:
     for key in ("path", "rows", "unreadable_rows"):
         output.result(f"{key}: {summary[key]}")
     output.result("schemas: " + ", ".join(f"{k} {v}" for k, v in summary["schemas"].items()))
@@ -69,10 +68,7 @@ def head_cmd(
     _check_schema(to)
     ds = MMDataset.open(data).head(n)
     rows = list(ds.convert(to) if to else ds)
-    if json_:
-        return output.emit_json(rows)
-    for row in rows:
-        output.result(json.dumps(row, ensure_ascii=False))
+    output.emit(rows, json_, "\n".join(json.dumps(row, ensure_ascii=False) for row in rows) if rows else None)
 
 
 @app.command("validate")
@@ -222,8 +218,10 @@ def dedup_cmd(
 
     opts = DedupOptions(exact=exact, images=images, text=text, hamming=hamming, jaccard=jaccard)
     summary = dedup(MMDataset.open(data), _root(data, image_root), opts, out, force)
-    if json_:
-        return output.emit_json(summary)
+    output.emit(summary, json_, lambda summary: _show_clusters(summary, out))
+
+
+def _show_clusters(summary: dict, out: Path | None) -> None:
     for c in summary["clusters"]:
         output.result(f"cluster ({', '.join(c['kinds'])}): rows {', '.join(map(str, c['rows']))}; keep {c['keep']}")
     tail = f"; wrote {summary['kept']} rows to {out}" if out else ""
@@ -253,7 +251,4 @@ def stats_cmd(
         with atomic_write(report, "w") as f:
             f.write(stats.report_html(t, f"DataCopilot: {data.name}"))
         summary["report"] = str(report)
-    if json_:
-        return output.emit_json(summary)
-    for key, value in summary.items():
-        output.result(f"{key}: {stats.cell(value)}")
+    output.emit(summary, json_, "\n".join(f"{key}: {stats.cell(value)}" for key, value in summary.items()))

@@ -63,9 +63,7 @@ def command(
         result = hub.fetch_model(model, revision, include, exclude, local_dir, progress=bars)
     finally:
         bars.close()
-    if json_:
-        output.emit_json(result.to_json())
-        return
     got = f", {hub.human_size(result.downloaded)} downloaded" if result.downloaded else ""
-    output.log(f"{result.repo}: {len(result.files)} files, {hub.human_size(result.bytes)}{got}")
-    output.result(str(result.path))
+    if not json_:
+        output.log(f"{result.repo}: {len(result.files)} files, {hub.human_size(result.bytes)}{got}")
+    output.emit(result.to_json(), json_, str(result.path))

@@ -31,10 +31,7 @@ def build_command(
 
     build.build(import_paddle(), force=force, retry=True, notify=output.log, verbose=verbose)
     report = status()
-    if json_:
-        output.emit_json(report)
-    else:
-        output.result(_summary(report))
+    output.emit(report, json_, _summary(report))
 
 
 @app.command("status")
@@ -42,10 +39,10 @@ def status_command(json_: JsonOpt = False) -> None:
     """Each op: loadable, built, broken or missing; the compiler and the cache folder."""
     from ..ext.status import status
 
-    report = status()
-    if json_:
-        output.emit_json(report)
-        return
+    output.emit(status(), json_, _show_status)
+
+
+def _show_status(report: dict) -> None:
     output.result(_summary(report) + ("" if report["enabled"] else " (turned off: MIX_EXT=0)"))
     for op, state in report["ops"].items():
         output.result(f"  {op:<14} {state}")

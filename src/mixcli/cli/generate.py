@@ -20,15 +20,44 @@ def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
     try:
         width, height = (int(part) for part in value.lower().split("x"))
     except ValueError:
-        raise typer.BadParameter(f"'{value}' is not WxH, e.g. 512x512") from None
+        raise typer.BadParameter(f"'{value}' is not WxH, e.g. 512x512", param_hint="'--size'") from None
     return width, height
+
+
+def _check_scheduler(value: Optional[str]) -> Optional[str]:
+    """A usage error (exit 2) before anything loads."""
+    from ..diffusion.schedulers import SCHEDULER_NAMES
+
+    if value is not None and value not in SCHEDULER_NAMES:
+        raise typer.BadParameter(f"unknown scheduler {value!r}; use one of {', '.join(SCHEDULER_NAMES)}")
+    return value
+
+
+def _complete_scheduler(incomplete: str) -> list[str]:
+    from ..diffusion.schedulers import SCHEDULER_NAMES
+
+    return [name for name in SCHEDULER_NAMES if name.startswith(incomplete)]
+
+
+def _check_strength(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value:g} is outside (0, 1]; e.g. 0.6 keeps the layout and redraws the details")
+    return value
 
 
 def command(
     model: ModelArg,
     prompt: Annotated[str, typer.Argument(help="What to draw; - reads it from stdin.")],
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="PNG to write (several images: NAME-1.png, ...).")] = None,
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 50,
+    out: Annotated[
+        Optional[str],
+        typer.Option(
+            "--out", "-o", metavar="PATH",
+            help="PNG to write, in an existing folder (default: mix-SEED.png in the current folder; several images: "
+            "NAME-1.png, NAME-2.png, ...).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
+    steps: Annotated[int, typer.Option("--steps", min=1, metavar="N", help="Denoising steps.")] = 50,
     guidance: Annotated[
         Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale; 1 turns it off (default 7.5, SDXL 5).")
     ] = None,
@@ -36,14 +65,20 @@ def command(
     size: Annotated[Optional[str], typer.Option("--size", help="WxH, multiples of 8 (default: the model's native size).")] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images to make from the prompt.")] = 1,
     scheduler: Annotated[
-        Optional[str], typer.Option("--scheduler", help="ddim, euler, euler-a, dpm++2m, dpm++2m-karras, lcm, pndm (default: the checkpoint's).")
+        Optional[str],
+        typer.Option(
+            "--scheduler", callback=_check_scheduler, autocompletion=_complete_scheduler,
+            help="ddim, euler, euler-a, dpm++2m, dpm++2m-karras, lcm, pndm (default: the checkpoint's).",
+        ),
     ] = None,
     seed: SeedOpt = None,
     latents: Annotated[
         Optional[str], typer.Option("--latents", help="Initial noise, float32 .npy of shape (N, 4, H/8, W/8), unscaled.")
     ] = None,
     image: Annotated[Optional[str], typer.Option("--image", help="Start from this image (image-to-image).")] = None,
-    strength: Annotated[float, typer.Option("--strength", help="Image-to-image: how much of the image to redraw (0-1].")] = 0.8,
+    strength: Annotated[
+        float, typer.Option("--strength", callback=_check_strength, help="Image-to-image: how much of the image to redraw (0-1].")
+    ] = 0.8,
     variant: Annotated[Optional[str], typer.Option("--variant", help="Weights variant to load, e.g. fp16.")] = None,
     config: Annotated[
         Optional[str], typer.Option("--config", help="Single-file checkpoints: a diffusers folder with the configs and tokenizers.")
@@ -54,21 +89,20 @@ def command(
     json_output: JsonOpt = False,
 ) -> None:
     """Generate images from a text prompt with a Stable Diffusion model; writes PNGs with their settings in the metadata."""
-    from ..diffusion.pipeline import Request, output_paths
-    from ..diffusion.schedulers import SCHEDULER_NAMES
+    from ..diffusion.pipeline import Request, check_outputs, output_paths
 
-    if scheduler is not None and scheduler not in SCHEDULER_NAMES:
-        raise InputError(f"unknown scheduler '{scheduler}'", f"use one of {', '.join(SCHEDULER_NAMES)}")
     request = Request(
         prompt=_prompt(prompt), negative_prompt=negative_prompt, steps=steps, guidance=guidance, size=_size(size),
         num_images=num_images, seed=secrets.randbelow(2**32) if seed is None else seed, scheduler=scheduler,
         latents=_latents(latents), image=_image(image), strength=strength,
     )
     paths = output_paths(out or f"mix-{request.seed}.png", num_images)
-    _run(model, request, paths, dict(dtype=dtype, variant=variant, config_dir=config, allow_pickle=allow_pickle), device, json_output)
+    check_outputs(paths, force)  # minutes of work must not end in an unwritable path
+    load = dict(dtype=dtype, variant=variant, config_dir=config, allow_pickle=allow_pickle)
+    _run(model, request, paths, load, device, json_output, latents)
 
 
-def _run(model: str, request, paths, load: dict, device: Optional[str], as_json: bool) -> None:
+def _run(model: str, request, paths, load: dict, device: Optional[str], as_json: bool, latents_file: Optional[str]) -> None:
     from .. import runtime
     from ..diffusion.pipeline import check_steps, load_pipeline, metadata, save_pngs
 
@@ -79,18 +113,15 @@ def _run(model: str, request, paths, load: dict, device: Optional[str], as_json:
     load_s = round(time.perf_counter() - start, 4)
     with _StepBar(request.steps) as bar:
         result = pipe.generate(request, on_step=bar.update)
-    save_pngs(result.images, paths, metadata(request, result, model))
-    if as_json:
-        width, height = result.size
-        output.emit_json({
-            "model": model, "files": [str(p) for p in paths], "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt, "seed": result.seed, "steps": result.steps,
-            "guidance": result.guidance, "scheduler": result.scheduler, "size": f"{width}x{height}",
-            "timings": {"load_s": load_s, **result.timings},
-        })
-    else:
-        for path in paths:
-            output.result(str(path))
+    save_pngs(result.images, paths, [metadata(request, result, model, i, latents_file) for i in range(len(paths))])
+    width, height = result.size
+    record = {
+        "model": model, "files": [str(p) for p in paths], "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt, "seed": result.seed, "steps": result.steps,
+        "model_evaluations": result.evaluations, "guidance": result.guidance, "scheduler": result.scheduler,
+        "size": f"{width}x{height}", "dtype": result.dtype, "timings": {"load_s": load_s, **result.timings},
+    }  # fmt: skip
+    output.emit(record, as_json, "\n".join(str(p) for p in paths))
 
 
 class _StepBar:

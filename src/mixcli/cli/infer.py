@@ -9,11 +9,28 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import MixError
-from ..generation import SamplingConfig
-from ..registry import resolve_model
-from ..vlm import VideoOptions, check_supported, split_inputs
+from ..vlm import VideoOptions, check_model, is_ocr, split_inputs
 from . import output
-from .options import AllowPickleOpt, DeviceOpt, DtypeOpt, FpsOpt, FramesOpt, JsonOpt, MaxFramesOpt, ModelArg, SeedOpt
+from .options import (
+    AllowPickleOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FpsOpt,
+    FramesOpt,
+    JsonOpt,
+    MaxFramesOpt,
+    MaxNewTokensOpt,
+    MaxPixelsOpt,
+    ModelArg,
+    RepetitionPenaltyOpt,
+    SeedOpt,
+    StopOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    VideoOpt,
+    sampling_config,
+)
 
 
 def _check_images(images: Optional[list[str]]) -> list[str]:
@@ -50,38 +67,33 @@ def command(
     model: ModelArg,
     images: ImagesArg = None,
     question: QuestionOpt = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate.")] = 512,
-    temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k likeliest (0: all).")] = 0,
-    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help="1.0 disables it.")] = 1.0,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop at this string (repeatable).")] = None,
+    max_new_tokens: MaxNewTokensOpt = 512,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    repetition_penalty: RepetitionPenaltyOpt = 1.0,
+    stop: StopOpt = None,
     seed: SeedOpt = None,
     batch: BatchOpt = None,
-    video: Annotated[
-        Optional[str], typer.Option("--video", help="A video to ask about (a video file works positionally too).")
-    ] = None,
+    video: VideoOpt = None,
     fps: FpsOpt = None,
     frames: FramesOpt = None,
     max_frames: MaxFramesOpt = None,
-    max_pixels: Annotated[
-        Optional[int],
-        typer.Option("--max-pixels", help="Qwen2-VL: most pixels per image (and video frame) after resizing."),
-    ] = None,
+    max_pixels: MaxPixelsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Answer a question about images or a video (vision-language models), or read their text (OCR models)."""
-    ref = resolve_model(model)
-    if ref.spec is not None and ref.spec.task == "ocr":
+    if batch is not None and (images or video is not None):
+        raise typer.BadParameter(
+            "a batch file brings its own images; drop the IMAGE/--video arguments or --batch", param_hint="'--batch'"
+        )
+    sampling = sampling_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop)
+    ref = check_model(model, "infer", sampling)
+    if is_ocr(ref):
         return _run_ocr(ref.spec.alias, images or [], question, device, json_output)
-    check_supported(ref)
-    sampling = SamplingConfig(
-        max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop_strings=tuple(stop or ())
-    )
-    sampling.validate()
     load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, max_pixels=max_pixels)  # for load_vlm
     clip_options = VideoOptions(fps, frames, max_frames)
     clip_options.validate()
@@ -164,18 +176,13 @@ def _run_ocr(alias: str, images: list[str], question: str | None, device: str | 
     pipeline = OcrPipeline(device=resolve_device(device))
     for index, source in enumerate(images):
         start = time.perf_counter()
-        result = pipeline(load_image(source))
-        total = time.perf_counter() - start
+        result = pipeline(load_image(source, keep_alpha=True))  # flattened as rapidocr does
+        if not result.lines:
+            output.warn(f"no text found in {source}")
         if as_json:
-            timings = _rounded({"load_s": pipeline.load_s, **result.timings, "total_s": total})
-            lines = [line.to_dict() for line in result.lines]
-            output.emit_json({"model": alias, "image": source, "lines": lines, "text": result.text, "timings": timings})
+            output.emit_json(result.record(alias, source, pipeline.load_s, time.perf_counter() - start))
             continue
         if len(images) > 1:
             output.result(("\n" if index else "") + f"==> {source} <==")
         for line in result.lines:
             output.result(line.text)
-
-
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in timings.items()}

@@ -12,44 +12,25 @@ from .options import JsonOpt, YesOpt
 
 app = typer.Typer(help="The models mix knows and which of them are on disk.", no_args_is_help=True)
 
-NameArg = Annotated[str, typer.Argument(help="Alias from models.toml, or the repo id of a download.")]
-COLUMNS = ("alias", "repo", "family", "task", "on_disk", "size")
-
-
-def _rows() -> list[dict]:
-    """Every registered alias, then downloaded repos that no alias names."""
-    from .. import hub
-    from ..registry import find_by_repo, load_registry
-
-    specs = list(load_registry().values())
-    specs += [hub.lookup(repo) for repo in hub.downloaded_repos() if find_by_repo(repo) is None]
-    rows = []
-    for spec in specs:
-        status = hub.model_status(spec)
-        rows.append({"alias": spec.alias, "repo": spec.repo, "family": spec.family, "task": spec.task,
-                     "source": spec.source, "on_disk": status["on_disk"], "size_bytes": status["size_bytes"],
-                     "path": status["path"]})
-    return rows
+NameArg = Annotated[str, typer.Argument(metavar="MODEL", help="Alias from models.toml, or the repo id of a download.")]
+COLUMNS = ("alias", "repo", "family", "task", "runs", "on_disk", "size")
 
 
 def _table(rows: list[dict]) -> None:
     from ..hub import human_size
 
-    cells = [[r["alias"], r["repo"], r["family"], r["task"], "yes" if r["on_disk"] else "-",
-              human_size(r["size_bytes"]) if r["size_bytes"] else "-"] for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(COLUMNS, *cells)]
-    for line in [list(COLUMNS), *cells]:
-        output.result("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+    runs = {True: "yes", False: "not yet", None: "?"}
+    cells = [{**r, "runs": runs[r["runnable"]], "on_disk": "yes" if r["on_disk"] else "-",
+              "size": human_size(r["size_bytes"]) if r["size_bytes"] else "-"} for r in rows]  # fmt: skip
+    output.table(cells, COLUMNS)
 
 
 @app.command("list")
 def list_models(json_: JsonOpt = False) -> None:
-    """Every alias of models.toml with its repo, family, task, and whether (and how much of it) is on disk."""
-    rows = _rows()
-    if json_:
-        output.emit_json(rows)
-    else:
-        _table(rows)
+    """Every alias of models.toml with its repo, family, task, whether mix runs it yet, and what is on disk."""
+    from ..hub import listing
+
+    output.emit(listing(), json_, _table)
 
 
 @app.command("show")
@@ -58,10 +39,12 @@ def show(name: NameArg, json_: JsonOpt = False) -> None:
     from .. import hub
 
     spec = hub.lookup(name)
-    info = {**asdict(spec), **hub.model_status(spec)}
-    if json_:
-        output.emit_json(info)
-        return
+    output.emit({**asdict(spec), **hub.model_status(spec)}, json_, _show)
+
+
+def _show(info: dict) -> None:
+    from .. import hub
+
     for key, value in info.items():
         if key != "files" and value not in (None, ""):
             output.result(f"{key}: {hub.human_size(value) if key == 'size_bytes' else value}")

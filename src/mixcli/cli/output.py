@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
@@ -44,3 +44,23 @@ def warn(message: str) -> None:
 def error(message: str) -> None:
     """The one-line error on stderr."""
     stderr.print(f"error: {message}", style="bold red", markup=False, soft_wrap=True)
+
+
+def emit(record: Any, as_json: bool, human: Callable[[Any], None] | str | None = None) -> None:
+    """A command's result: the record as JSON with --json, else ``human`` (a line, or a function
+    that prints the record) — so commands don't each branch on --json."""
+    if as_json:
+        emit_json(record)
+    elif callable(human):
+        human(record)
+    elif human is not None:
+        result(human)
+
+
+def table(rows: list[dict], columns: Sequence[str], headers: Sequence[str] | None = None) -> None:
+    """Rows as left-aligned columns on stdout, a header line first."""
+    cells = [[str(row.get(column, "")) for column in columns] for row in rows]
+    lines = [list(headers or columns), *cells]
+    widths = [max(len(cell) for cell in column) for column in zip(*lines)]
+    for line in lines:
+        result("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())

@@ -11,18 +11,16 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from .. import ext
-from ..layers.attention import fused_attention as _fused_attention
-from ..layers.attention import softmax_product
+from ..layers.attention import attention
 from ..layers.cpu import host, in_parallel, on_cpu, permute
 from ..layers.linear import Linear, biased_product
 from .winograd import padded_rows, same_3x3, use_winograd, winograd_conv
 
 
 # --- CPU kernels ---------------------------------------------------------------------------------
-# On the CPU, layout changes, upsampling and the attention's softmax run in NumPy on the tensors' memory
-# (mixcli.layers.cpu); Paddle's nearest_interp ran 5-7x slower than NumPy's repeat. Other devices use
-# Paddle's ops.
+# On the CPU, layout changes and upsampling run in NumPy on the tensors' memory (mixcli.layers.cpu), and
+# attention takes the shared entry point's CPU paths (mixcli.layers.attention); Paddle's nearest_interp ran
+# 5-7x slower than NumPy's repeat. Other devices use Paddle's ops.
 
 
 def upsample2x(x: paddle.Tensor) -> paddle.Tensor:
@@ -31,49 +29,6 @@ def upsample2x(x: paddle.Tensor) -> paddle.Tensor:
     if on_cpu(x):
         return paddle.from_dlpack(host(x).repeat(2, axis=2).repeat(2, axis=3))
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
-
-
-# --- attention kernel ---------------------------------------------------------------------------
-
-SCORE_BLOCK_BYTES = 16 << 20  # per block of scores: 2 heads x 512 rows at 64x64 latents, the fastest measured
-
-
-def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, heads: int) -> paddle.Tensor:
-    """softmax(q k^T / sqrt(D)) v per head for (B, T, H*D) queries against (B, S, H*D) keys and values."""
-    b, t, width = q.shape
-    scale = (width // heads) ** -0.5
-    q4, k4, v4 = (x.reshape([b, x.shape[1], heads, -1]) for x in (q, k, v))  # (B, T, H, D): no copies
-    if ext.attention_fits(q4, k4, v4, causal=False, token_major=True):
-        return ext.attention(q4, k4, v4, scale, token_major=True).reshape([b, t, width])
-    if on_cpu(q):
-        return paddle.from_dlpack(cpu_attention(host(q), host(k), host(v), heads, scale))
-    split = lambda x: x.transpose([0, 2, 1, 3])  # noqa: E731 - (B, H, T, D)
-    out = _fused_attention(split(q4), split(k4), split(v4), scale)
-    return out.transpose([0, 2, 1, 3]).reshape([b, t, width])
-
-
-def cpu_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, scale: float) -> np.ndarray:
-    """The CPU kernel: a group of heads at a time, query rows in blocks whose scores fit in cache; the heads
-    are read from and written to the (B, T, H*D) layout directly, so no full-size head transposes are made."""
-    b, t, width = q.shape
-    s, d = k.shape[1], width // heads
-    fits = [g for g in range(1, heads + 1) if heads % g == 0 and g * min(t, 512) * s * 4 <= SCORE_BLOCK_BYTES]
-    group = max(fits, default=1)  # heads per block: as many as fit with up to 512 rows each
-    rows = max(1, min(t, SCORE_BLOCK_BYTES // (4 * s * group)))
-    out = np.empty((b, t, heads, d), np.float32)
-    for i in range(b):
-        for h in range(0, heads, group):
-            cols = slice(h * d, (h + group) * d)
-            kh, vh = _heads(k[i, :, cols] * scale, group), _heads(v[i, :, cols], group)  # (G, S, D)
-            for r in range(0, t, rows):
-                block = softmax_product(_heads(q[i, r : r + rows, cols], group), kh, vh)  # (G, rows, D)
-                out[i, r : r + rows, h : h + group] = block.transpose(1, 0, 2)
-    return out.reshape(b, t, width)
-
-
-def _heads(x: np.ndarray, group: int) -> paddle.Tensor:
-    """(N, G*D) columns of G heads -> (G, N, D), contiguous."""
-    return paddle.from_dlpack(np.ascontiguousarray(x.reshape(x.shape[0], group, -1).transpose(1, 0, 2)))
 
 
 IM2COL_BYTES = 256 << 20  # conv2d's im2col buffer for the VAE's 512x512 output convolution would be 1.2 GB
@@ -212,7 +167,10 @@ class Attention(nn.Layer):
         dtype = q.dtype
         if self.upcast and dtype != paddle.float32:  # upcast_attention: scores in float32
             q, k, v = q.astype("float32"), k.astype("float32"), v.astype("float32")
-        return self.to_out[0](attention(q, k, v, self.heads).astype(dtype))
+        b, t, width = q.shape
+        q, k, v = (y.reshape([b, y.shape[1], self.heads, -1]) for y in (q, k, v))  # (B, T, H, D): no copies
+        out = attention(q, k, v, (width // self.heads) ** -0.5, token_major=True)
+        return self.to_out[0](out.reshape([b, t, width]).astype(dtype))
 
 
 class GEGLU(nn.Layer):

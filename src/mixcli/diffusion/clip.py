@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
+from ..configs import Config
 from ..errors import CheckpointError
 from ..layers import build_for_inference
-from ..layers.attention import attention
 from ..layers.linear import Linear
+from ..layers.vit import CLIP_NAMES, ViTEncoder, ViTSpec
 from ..weights import rename
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -115,7 +115,7 @@ class CLIPTokenizer:
 
 
 @dataclass
-class CLIPTextConfig:
+class CLIPTextConfig(Config):
     """transformers' CLIPTextConfig fields (text_encoder/config.json)."""
 
     vocab_size: int = 49408
@@ -133,79 +133,20 @@ class CLIPTextConfig:
     architectures: list | None = None
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CLIPTextConfig":
-        """The config from a parsed config.json; unknown keys are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+    def from_dict(cls, data: Mapping, **overrides) -> "CLIPTextConfig":
+        """The config from a parsed config.json; unknown keys are ignored and a null means the default."""
+        # transformers writes unset fields as null (its to_dict() gives architectures: null); a null keeps our default.
+        return super().from_dict({k: v for k, v in data.items() if v is not None}, **overrides)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
 
-def quick_gelu(x: paddle.Tensor) -> paddle.Tensor:
-    """OpenAI CLIP's sigmoid approximation of GELU (transformers' QuickGELUActivation)."""
-    return x * F.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {
-    "quick_gelu": quick_gelu,
-    "gelu": lambda x: F.gelu(x, approximate=False),  # exact erf form
-    "gelu_new": lambda x: F.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate=True),
-}
-
-
-class CLIPAttention(nn.Layer):
-    """Multi-head self-attention with separate q/k/v projections, under a causal mask."""
-
-    def __init__(self, cfg: CLIPTextConfig):
-        super().__init__()
-        h = cfg.hidden_size
-        self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Linear(h, h) for _ in range(4))
-
-    def _heads(self, x: paddle.Tensor) -> paddle.Tensor:
-        b, t, _ = x.shape
-        return x.reshape([b, t, self.heads, self.head_dim]).transpose([0, 2, 1, 3]).contiguous()  # (B, H, T, D)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        b, t, _ = x.shape
-        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        out = attention(q, k, v, self.head_dim**-0.5, causal=True)  # (B, H, T, D)
-        return self.out_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, -1]))
-
-
-class CLIPMLP(nn.Layer):
-    """fc1 -> activation -> fc2."""
-
-    def __init__(self, cfg: CLIPTextConfig):
-        super().__init__()
-        if cfg.hidden_act not in ACTIVATIONS:
-            raise CheckpointError(
-                f"text encoder activation {cfg.hidden_act!r} is not supported", f"known: {', '.join(ACTIVATIONS)}"
-            )
-        self.act = ACTIVATIONS[cfg.hidden_act]
-        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class CLIPEncoderLayer(nn.Layer):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-
-    def __init__(self, cfg: CLIPTextConfig):
-        super().__init__()
-        self.self_attn = CLIPAttention(cfg)
-        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
-        self.mlp = CLIPMLP(cfg)
-        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+def text_spec(cfg: CLIPTextConfig) -> ViTSpec:
+    """CLIPEncoderLayer as a shared block: pre-norm, causal, transformers' names."""
+    return ViTSpec(cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, act=cfg.hidden_act,
+                   eps=cfg.layer_norm_eps, causal=True, names=CLIP_NAMES)  # fmt: skip
 
 
 class CLIPEmbeddings(nn.Layer):
@@ -221,21 +162,13 @@ class CLIPEmbeddings(nn.Layer):
         return self.token_embedding(input_ids) + self.position_embedding.weight[:t]  # (B, T, H)
 
 
-class CLIPEncoder(nn.Layer):
-    """The stack of encoder layers (`encoder.layers.N` in the checkpoint)."""
-
-    def __init__(self, cfg: CLIPTextConfig):
-        super().__init__()
-        self.layers = nn.LayerList([CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
-
-
 class CLIPTextTransformer(nn.Layer):
     """transformers' CLIPTextModel body (`text_model.*`): embeddings, encoder, final_layer_norm."""
 
     def __init__(self, cfg: CLIPTextConfig):
         super().__init__()
         self.embeddings = CLIPEmbeddings(cfg)
-        self.encoder = CLIPEncoder(cfg)
+        self.encoder = ViTEncoder(text_spec(cfg), cfg.num_hidden_layers)  # `encoder.layers.N`
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
 
 
@@ -260,11 +193,7 @@ class CLIPTextEncoder(nn.Layer):
     def hidden_states(self, input_ids: paddle.Tensor) -> list[paddle.Tensor]:
         """transformers' output_hidden_states: the embeddings, then each layer's output (no final norm)."""
         body = self.text_model
-        x = body.embeddings(input_ids)
-        states = [x]
-        for layer in body.encoder.layers:
-            states.append(layer(states[-1]))
-        return states
+        return body.encoder.hidden_states(body.embeddings(input_ids))
 
     def pool_index(self, input_ids: paddle.Tensor) -> paddle.Tensor:
         """The EOS position per row, by transformers' rule (CLIPTextTransformer.forward)."""

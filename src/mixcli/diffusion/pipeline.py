@@ -4,6 +4,7 @@ and VAE decoding. Latents and scheduler math stay in NumPy; the networks run in 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,9 @@ class Request:
 
 @dataclass
 class Result:
-    """The images and how they were made."""
+    """The images and how they were made: ``steps`` as requested (what reproduces the run), and
+    ``evaluations``, the UNet passes the scheduler ran for them (PNDM repeats its second step; img2img
+    runs only the tail of the schedule)."""
 
     images: list[Image.Image]
     seed: int
@@ -49,6 +52,8 @@ class Result:
     scheduler: str
     size: tuple[int, int]
     timings: dict = field(default_factory=dict)
+    evaluations: int = 0
+    dtype: str = "float32"
 
 
 class StableDiffusion:
@@ -106,18 +111,16 @@ class StableDiffusion:
             "decode_s": round(end - denoised, 4),
             "total_s": round(end - start, 4),
         }
-        return Result(images, request.seed, len(timesteps), guidance, scheduler.name, (width, height), timings)
+        return Result(
+            images, request.seed, request.steps, guidance, scheduler.name, (width, height), timings, len(timesteps), self.dtype
+        )
 
     # --- steps of a run -------------------------------------------------------------------------
 
     def _size(self, request: Request) -> tuple[int, int]:
-        if request.size is not None:
-            width, height = request.size
-        elif request.image is not None:
-            width, height = request.image.size
-            width, height = width - width % self.scale_factor, height - height % self.scale_factor
-        else:
-            width, height = self.native_size()
+        if request.size is None and request.image is not None:
+            return image_size(request.image, self.scale_factor)
+        width, height = request.size if request.size is not None else self.native_size()
         check_size(width, height, self.scale_factor)
         return width, height
 
@@ -171,8 +174,7 @@ class StableDiffusion:
             check_latents(latents, shape)
             return scheduler.timesteps, latents.astype(np.float32) * scheduler.init_noise_sigma
         timesteps = img2img_timesteps(scheduler, request.steps, request.strength)
-        image = request.image if request.image.size == (width, height) else request.image.resize((width, height), Image.LANCZOS)
-        encoded = np.repeat(self.encode_image(image, noise), request.num_images, axis=0)
+        encoded = np.repeat(self.encode_image(preprocess_image(request.image, width, height), noise), request.num_images, axis=0)
         start = request.latents if request.latents is not None else noise(encoded.shape)
         check_latents(start, encoded.shape)
         return timesteps, scheduler.add_noise(encoded, start.astype(np.float32), timesteps[0])
@@ -203,12 +205,12 @@ class StableDiffusion:
                 on_step(i + 1, len(timesteps))
         return latents, step_times
 
-    def encode_image(self, image: Image.Image, noise: Noise) -> np.ndarray:
-        """Scaled latents of an RGB image, sampled from the VAE's posterior (diffusers' retrieve_latents)."""
+    def encode_image(self, pixels: np.ndarray, noise: Noise) -> np.ndarray:
+        """Scaled latents of (1, 3, H, W) pixels in [-1, 1] (`preprocess_image`), sampled from the VAE's
+        posterior (diffusers' retrieve_latents)."""
         import paddle
 
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3) in [-1, 1]
-        x = paddle.to_tensor(pixels.transpose(2, 0, 1)[None], dtype=self.vae_dtype)
+        x = paddle.to_tensor(pixels, dtype=self.vae_dtype)
         with paddle.no_grad():
             mean, logvar = self.vae.encode(x)
         mean, logvar = mean.astype("float32").numpy(), logvar.astype("float32").numpy()
@@ -241,6 +243,24 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] → PIL images, rounded as diffusers' numpy_to_pil."""
     pixels = np.clip(images / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
     return [Image.fromarray(p) for p in (pixels * 255).round().astype(np.uint8)]
+
+
+def image_size(image: Image.Image, factor: int) -> tuple[int, int]:
+    """An img2img source's (width, height) rounded down to a multiple of the VAE's factor, as diffusers'
+    VaeImageProcessor.get_default_height_width does."""
+    width, height = (side - side % factor for side in image.size)
+    if width < factor or height < factor:
+        w, h = image.size
+        raise InputError(f"the image is {w}x{h}, smaller than the {factor}x{factor} pixels img2img needs", "pass a larger image")
+    return width, height
+
+
+def preprocess_image(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """(1, 3, H, W) float32 in [-1, 1], as diffusers' VaeImageProcessor.preprocess: PIL's Lanczos resize to
+    (width, height) (a copy when the size matches), x / 255 in float32, then 2x - 1."""
+    resized = image.convert("RGB").resize((width, height), Image.LANCZOS)
+    x = np.asarray(resized, dtype=np.float32) / np.float32(255.0)  # (H, W, 3)
+    return (np.float32(2.0) * x - np.float32(1.0)).transpose(2, 0, 1)[None].copy()
 
 
 def img2img_timesteps(scheduler, steps: int, strength: float):
@@ -319,27 +339,45 @@ def _pipeline_dir(name: str) -> Path:
     return folder
 
 
-def metadata(request: Request, result: Result, model: str) -> dict[str, str]:
-    """What a PNG records about its making; ``parameters`` is the AUTOMATIC1111 line other tools read."""
+def metadata(request: Request, result: Result, model: str, index: int = 0, latents_file: str | None = None) -> dict[str, str]:
+    """What the PNG of image ``index`` records about its making: what was asked for, which is what
+    `mix generate` takes to make it again (``steps`` as requested; ``model_evaluations``, the UNet passes
+    the scheduler ran, apart). ``parameters`` is the AUTOMATIC1111 line other tools read."""
     width, height = result.size
     fields = {
         "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt or "",
         "seed": str(result.seed),
         "steps": str(result.steps),
-        "guidance": f"{result.guidance:g}",
+        "guidance": _number(result.guidance),
         "scheduler": result.scheduler,
         "size": f"{width}x{height}",
         "model": model,
+        "dtype": result.dtype,
+        "model_evaluations": str(result.evaluations),
     }
+    if request.negative_prompt is not None:  # absent and empty differ: SDXL zeroes an absent one
+        fields["negative_prompt"] = request.negative_prompt
+    extra = ""
     if request.image is not None:
-        fields["strength"] = f"{request.strength:g}"
+        fields["strength"] = _number(request.strength)
+        extra += f", Denoising strength: {fields['strength']}"
+    if request.num_images > 1:  # image k of a batch is reproduced by the whole batch
+        fields["num_images"], fields["image_index"] = str(request.num_images), str(index + 1)
+        extra += f", Batch size: {request.num_images}, Batch pos: {index}"
+    if latents_file is not None:  # the initial noise came from this file, not from the seed
+        fields["latents"] = latents_file
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     fields["parameters"] = (
-        f"{request.prompt}{negative}\nSteps: {result.steps}, Sampler: {result.scheduler}, CFG scale: {result.guidance:g}, "
-        f"Seed: {result.seed}, Size: {width}x{height}, Model: {model}"
+        f"{request.prompt}{negative}\nSteps: {result.steps}, Sampler: {result.scheduler}, CFG scale: {fields['guidance']}, "
+        f"Seed: {result.seed}, Size: {width}x{height}, Model: {model}{extra}"
     )
     return fields
+
+
+def _number(value: float) -> str:
+    """The shortest text that reads back as the same float: 7.5 as 7.5, 7.123456789 in full."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def output_paths(out: str | Path, count: int) -> list[Path]:
@@ -350,15 +388,31 @@ def output_paths(out: str | Path, count: int) -> list[Path]:
     return [out] if count == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(count)]
 
 
-def save_pngs(images: list[Image.Image], paths: list[Path], fields: dict[str, str]) -> None:
-    """Write every PNG atomically with its text metadata, only after all images exist."""
+def check_outputs(paths: list[Path], force: bool = False) -> None:
+    """Refuse, before any model loads, outputs that cannot be written: a missing or read-only folder, a
+    folder in the file's place, or (without ``force``) a file that exists."""
+    for path in paths:
+        folder = path.parent
+        if not folder.is_dir():
+            problem = f"{folder} is not a folder" if folder.exists() else f"the folder {folder} does not exist"
+            raise InputError(problem, f"create it (mkdir -p {folder}) or choose another -o path")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"the folder {folder} is not writable", "check its permissions, or choose another -o path")
+        if path.is_dir():
+            raise InputError(f"{path} is a folder", "pass -o NAME.png")
+        if path.exists() and not force:
+            raise InputError(f"{path} exists", "pass --force to overwrite it, or choose another path")
+
+
+def save_pngs(images: list[Image.Image], paths: list[Path], fields: list[dict[str, str]]) -> None:
+    """Write every PNG atomically with its text metadata (``fields[i]`` for image i), only after all images exist."""
     from PIL.PngImagePlugin import PngInfo
 
     from ..paths import atomic_write
 
-    info = PngInfo()
-    for key, value in fields.items():
-        info.add_text(key, value)  # tEXt, or iTXt where the text is not Latin-1
-    for image, path in zip(images, paths):
+    for image, path, chunk in zip(images, paths, fields):
+        info = PngInfo()
+        for key, value in chunk.items():
+            info.add_text(key, value)  # tEXt, or iTXt where the text is not Latin-1
         with atomic_write(path) as f:
             image.save(f, format="PNG", pnginfo=info)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from ..configs import Config
 from ..errors import CheckpointError
 from ..layers import build_for_inference
 from .blocks import (
@@ -34,7 +35,7 @@ REQUIRED = {
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(Config):
     """diffusers' UNet2DConditionModel config.json, upstream names and defaults."""
 
     sample_size: Any = None
@@ -85,12 +86,6 @@ class UNetConfig:
     mid_block_only_cross_attention: bool | None = None
     cross_attention_norm: str | None = None
     addition_embed_type_num_heads: int = 64
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "UNetConfig":
-        """The config from a parsed config.json; unknown keys (``_class_name``, …) are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def __post_init__(self):
         check_supported(self)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from ..configs import Config
 from ..errors import CheckpointError
 from ..layers import build_for_inference
 from ..layers.cpu import permute
@@ -18,7 +19,7 @@ EPS = 1e-6  # every norm in diffusers' Encoder/Decoder
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(Config):
     """diffusers' AutoencoderKL config.json, upstream names and defaults."""
 
     in_channels: int = 3
@@ -39,12 +40,6 @@ class VAEConfig:
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "VAEConfig":
-        """The config from a parsed config.json; unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def __post_init__(self):
         checks = [("down_block_types", k, k == "DownEncoderBlock2D") for k in self.down_block_types]

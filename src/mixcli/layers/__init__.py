@@ -1,4 +1,4 @@
-"""Shared Paddle building blocks: norms, rotary embeddings, attention with a KV cache, decoder stacks."""
+"""Shared Paddle building blocks: norms, rotary embeddings, attention with a KV cache, decoder stacks, ViT blocks."""
 
 
 def for_inference(layer):

@@ -1,5 +1,6 @@
-"""Attention over a whole sequence: the compiled CPU kernel, Paddle's fused attention elsewhere, and a
-NumPy path that goes a few heads at a time so the scores stay in cache."""
+"""Attention over a whole sequence, the one entry point for the VLMs, the text encoders and the UNet: the
+compiled CPU kernel, a NumPy path that goes a block of heads and query rows at a time so the scores stay
+in cache, and Paddle's scaled-dot-product attention (fused kernels on GPU), the plain path and the oracle."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import paddle
 import paddle.nn.functional as F
 
 from .. import ext
-from .cpu import host, in_parallel, on_cpu
+from . import cpu
+from .cpu import host, in_parallel
 
 # Score blocks up to this size stay in this CPU's cache; measured for 16 heads x 1025 tokens:
 # 2 heads at a time (8 MiB of scores) ran the softmax 2.3x faster than all 16 at once.
@@ -16,6 +18,7 @@ SCORE_BLOCK_BYTES = 8 << 20
 
 
 def heads_per_block(t: int, s: int, heads: int, itemsize: int) -> int:
+    """Heads per block of scores: as many as fit SCORE_BLOCK_BYTES with all t query rows (at least one)."""
     per_head = max(1, t * s * itemsize)
     return max(1, min(heads, SCORE_BLOCK_BYTES // per_head))
 
@@ -32,56 +35,86 @@ def causal_mask(t: int, past: int, dtype) -> paddle.Tensor:
     return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], float("-inf"), dtype))
 
 
-def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None, causal: bool = False):
-    """softmax(q k^T * scale + mask) v for (B, H, T, D) queries against (B, Hkv, S, D) keys and values,
-    key/value head j serving query heads j*G .. j*G+G-1 (G = H / Hkv, transformers' repeat_kv); a mask
-    with grouped heads is (T, S). causal: query i also sees only keys 0 .. i + S - T.
+def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None, causal: bool = False,
+              token_major: bool = False) -> paddle.Tensor:  # fmt: skip
+    """softmax(q k^T * scale + mask) v for (B, H, T, D) queries against (B, Hkv, S, D) keys and values, or
+    (B, T, H, D) against (B, S, Hkv, D) when token_major (the output in q's layout); key/value head j
+    serves query heads j*G .. j*G+G-1 (G = H / Hkv, transformers' repeat_kv). The mask is additive,
+    (T, S) with grouped heads; causal: query i also sees only keys 0 .. i + S - T.
 
-    On the CPU without a mask, the compiled kernel (ext.attention) when built; else Paddle's
-    scaled-dot-product attention off the CPU, or the blocked NumPy softmax below."""
-    if mask is None and ext.attention_fits(q, k, v, causal, token_major=False):
-        return ext.attention(q, k, v, scale, causal)
-    b, h, t, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
+    CPU float32 tensors without gradients (layers.cpu.on_cpu, the one switch for the host paths) go to the
+    compiled kernel (ext.attention, when built and without a mask) or the blocked NumPy softmax; the rest
+    to Paddle's attention (paddle_attention), which the tests hold the others to."""
+    if cpu.on_cpu(q):
+        if mask is None and ext.attention_fits(q, k, v, causal, token_major):
+            return ext.attention(q, k, v, scale, causal, token_major)
+        return host_attention(q, k, v, scale, mask, causal, token_major)
+    return paddle_attention(q, k, v, scale, mask, causal, token_major)
+
+
+# --- the NumPy path -------------------------------------------------------------------------------
+
+
+def host_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None,
+                   causal: bool = False, token_major: bool = False) -> paddle.Tensor:  # fmt: skip
+    """attention() for float32 CPU tensors in NumPy blocks: per sample, heads_per_block heads and
+    rows_per_block query rows at a time, each block copied out of the layout it is in (no full-size
+    transposes) and written into the output in place."""
+    if token_major and q.shape[2] != k.shape[2]:  # folding grouped heads needs head-major queries
+        swap = [0, 2, 1, 3]
+        out = host_attention(*(cpu.permute(x, swap) for x in (q, k, v)), scale, mask, causal)
+        return cpu.permute(out, swap)
+    out = np.empty(q.shape, np.float32)
+    qn, kn, vn, outn = host(q), host(k), host(v), out
+    if token_major:
+        qn, kn, vn, outn = (x.transpose(0, 2, 1, 3) for x in (qn, kn, vn, outn))  # (B, H, T, D) views
+    b, h, t, d = qn.shape
+    hkv, s = kn.shape[1], kn.shape[2]
+    group = h // hkv
+    if group > 1:  # the group's query heads side by side on the query axis: views, in head-major layout
+        qn, outn = qn.reshape(b, hkv, group * t, d), outn.reshape(b, hkv, group * t, d)
+    mask = _host_mask(mask, causal, t, s, group)
+    step = heads_per_block(group * t, s, hkv, 4)
+    rows = rows_per_block(group * t, s, step, 4)
+    for i in range(b):
+        for first in range(0, hkv, step):
+            heads = slice(first, first + step)
+            kh, vh = _block(kn[i, heads] * np.float32(scale)), _block(vn[i, heads])  # (G, S, D)
+            for row in range(0, group * t, rows):
+                part = slice(row, row + rows)
+                masked = None if mask is None else _block(_mask_rows(mask, i, heads, part))
+                softmax_product(_block(qn[i, heads, part]), kh, vh, masked, out=outn[i, heads, part])
+    return paddle.from_dlpack(out)
+
+
+def _host_mask(mask, causal: bool, t: int, s: int, group: int) -> np.ndarray | None:
+    """The additive mask as a NumPy array: (G*T, S) for grouped heads (a (T, S) mask tiled), else (T, S)
+    or (B|1, H|1, T, S); the causal triangle added."""
     if causal and t > 1:  # a single query sees every key
-        triangle = causal_mask(t, s - t, q.dtype)
-        mask = triangle if mask is None else mask + triangle
-    if h == hkv:
-        return _attention(q, k, v, scale, mask)
-    group = h // hkv  # the group's query heads folded into the query axis, so k and v are not copied
-    grouped = q.reshape([b, hkv, group * t, d])
-    out = _attention(grouped, k, v, scale, None if mask is None else paddle.tile(mask, [group, 1]))
-    return out.reshape([b, h, t, d])
+        triangle = np.where(np.tri(t, s, s - t, dtype=bool), np.float32(0), np.float32(-np.inf))
+        mask = triangle if mask is None else host(mask) + triangle
+    elif mask is not None:
+        mask = host(mask)
+    if mask is None or group == 1:
+        return mask
+    return np.tile(mask, (group, 1))
 
 
-def _attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask) -> paddle.Tensor:
-    if not q.place.is_cpu_place():
-        return fused_attention(q, k, v, scale, mask)
-    b, h, t, d = q.shape
-    step = heads_per_block(t, k.shape[2], h, q.element_size())
-    q = q * scale
-    if on_cpu(q):
-        out = np.empty((b, h, t, d), np.float32)
-        rows = rows_per_block(t, k.shape[2], step, 4)
-        for start in range(0, h, step):
-            heads = slice(start, start + step)
-            kh, vh = k[:, heads], v[:, heads]
-            for first in range(0, t, rows):
-                part = slice(first, first + rows)
-                qh = q[:, heads] if rows == t else q[:, heads, part]
-                masked = mask if mask is None or rows == t else mask[..., part, :]
-                softmax_product(qh, kh, vh, masked, out=out[:, heads, part])
-        return paddle.from_dlpack(out)
-    blocks = []
-    for start in range(0, h, step):
-        scores = _scores(q[:, start : start + step], k[:, start : start + step], mask)
-        probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
-        blocks.append(paddle.matmul(probs, v[:, start : start + step]))
-    return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=1)
+def _mask_rows(mask: np.ndarray, i: int, heads: slice, rows: slice) -> np.ndarray:
+    """The mask of sample i's block of heads and query rows."""
+    if mask.ndim == 2:
+        return mask[rows]
+    per_head = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    return per_head[min(i, per_head.shape[0] - 1), heads if per_head.shape[1] > 1 else slice(None), rows]
+
+
+def _block(x: np.ndarray) -> paddle.Tensor:
+    """A contiguous tensor of a block (a view where it already is contiguous)."""
+    return paddle.from_dlpack(np.ascontiguousarray(x))
 
 
 def softmax_product(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask=None, out=None) -> np.ndarray:
-    """softmax(q k^T + mask) v for float32 CPU tensors: q (..., T, D) already scaled, k and v (..., S, D).
+    """softmax(q k^T + mask) v for float32 CPU tensors q (..., T, D), k and v (..., S, D), q or k already scaled.
 
     The row maximum is not subtracted: exp of the raw scores, normalised after the product with v,
     equals the softmax unless exp overflows or every score of a row underflows, which the row sums
@@ -112,9 +145,55 @@ def _exp_sum(x: np.ndarray, total: np.ndarray) -> None:
     np.sum(x, axis=-1, keepdims=True, out=total)
 
 
-def fused_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None) -> paddle.Tensor:
-    """Paddle's scaled-dot-product attention in (B, H, T, D) layout: flash / memory-efficient
-    kernels on GPU, a plain composite elsewhere."""
-    from paddle.compat.nn.functional import scaled_dot_product_attention
+# --- Paddle's path ----------------------------------------------------------------------------------
 
-    return scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+def paddle_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None,
+                     causal: bool = False, token_major: bool = False) -> paddle.Tensor:  # fmt: skip
+    """attention() in Paddle's ops: scaled-dot-product attention off the CPU, softmax blocks of
+    heads_per_block heads on it (where gradients flow or the dtype is not float32)."""
+    if token_major:
+        if not q.place.is_cpu_place() and q.shape[2] == k.shape[2]:  # the fused kernels' own layout
+            mask = _with_causal(mask, causal, q.shape[1], k.shape[1], q.dtype)
+            return fused_attention(q, k, v, scale, mask, token_major=True)
+        swap = [0, 2, 1, 3]
+        return paddle_attention(*(x.transpose(swap) for x in (q, k, v)), scale, mask, causal).transpose(swap)
+    b, h, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    mask = _with_causal(mask, causal, t, s, q.dtype)
+    if h == hkv:
+        return _paddle_blocks(q, k, v, scale, mask)
+    group = h // hkv  # the group's query heads folded into the query axis, so k and v are not copied
+    grouped = q.reshape([b, hkv, group * t, d])
+    out = _paddle_blocks(grouped, k, v, scale, None if mask is None else paddle.tile(mask, [group, 1]))
+    return out.reshape([b, h, t, d])
+
+
+def _with_causal(mask, causal: bool, t: int, s: int, dtype):
+    if not causal or t == 1:  # a single query sees every key
+        return mask
+    triangle = causal_mask(t, s - t, dtype)
+    return triangle if mask is None else mask + triangle
+
+
+def _paddle_blocks(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask) -> paddle.Tensor:
+    if not q.place.is_cpu_place():
+        return fused_attention(q, k, v, scale, mask)
+    step = heads_per_block(q.shape[2], k.shape[2], q.shape[1], q.element_size())
+    q = q * scale
+    blocks = []
+    for start in range(0, q.shape[1], step):
+        scores = _scores(q[:, start : start + step], k[:, start : start + step], mask)
+        probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+        blocks.append(paddle.matmul(probs, v[:, start : start + step]))
+    return blocks[0] if len(blocks) == 1 else paddle.concat(blocks, axis=1)
+
+
+def fused_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None,
+                    token_major: bool = False) -> paddle.Tensor:  # fmt: skip
+    """Paddle's scaled-dot-product attention, (B, H, T, D) or token_major (B, T, H, D), its own layout:
+    flash / memory-efficient kernels on GPU, a plain composite elsewhere (what paddle.compat's
+    head-major version calls after swapping the axes)."""
+    if not token_major:
+        return fused_attention(*(x.swapaxes(1, 2) for x in (q, k, v)), scale, mask, token_major=True).swapaxes(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=False)

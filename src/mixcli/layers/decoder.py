@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import paddle
 from paddle import nn
 
 from .. import ext
+from ..configs import Config
 from .attention import attention
 from .cache import KVCache
 from .fastdecode import NumpyDecoder, view
@@ -17,7 +18,7 @@ from .rope import RotaryEmbedding, apply_rotary
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(Config):
     """The fields shared by Llama-family configs, with their upstream names."""
 
     vocab_size: int
@@ -40,13 +41,6 @@ class DecoderConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, data: dict, **overrides) -> "DecoderConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values.update(overrides)
-        return cls(**values)
 
 
 class Attention(nn.Layer):

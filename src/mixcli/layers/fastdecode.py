@@ -11,15 +11,12 @@ Set MIX_FAST_DECODE=0 to turn it off.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import paddle
 
-
-def enabled() -> bool:
-    return os.environ.get("MIX_FAST_DECODE", "1") != "0"
+from ..runtime import fast_decode
 
 
 def view(tensor: paddle.Tensor | None) -> np.ndarray | None:
@@ -69,7 +66,7 @@ class NumpyDecoder:
     def usable(lm) -> bool:
         weight = lm.model.embed_tokens.weight
         fused = hasattr(lm.model.layers[0].self_attn, "qkv_proj")
-        return enabled() and fused and weight.dtype == paddle.float32 and weight.place.is_cpu_place()
+        return fast_decode() and fused and weight.dtype == paddle.float32 and weight.place.is_cpu_place()
 
     @staticmethod
     def _views(layer) -> LayerViews:

@@ -10,16 +10,12 @@ the single-row path off.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-
-def blas_gemv_enabled() -> bool:
-    return os.environ.get("MIX_FAST_DECODE", "1") != "0"
+from ..runtime import fast_decode
 
 
 def host_views(weight: paddle.Tensor, bias: paddle.Tensor | None, out_in: bool = False):
@@ -56,7 +52,7 @@ class RowFastPath:
     _views = None
 
     def project(self, x: paddle.Tensor, out_in: bool = False) -> paddle.Tensor:
-        if blas_gemv_enabled() and is_single_row(x):
+        if fast_decode() and is_single_row(x):
             if self._views is None:
                 self._views = host_views(self.weight, self.bias, out_in) or ()
             if self._views:

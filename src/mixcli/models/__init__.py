@@ -1,29 +1,46 @@
-"""Model families, found by config.json's model_type; each is one folder with a `load` function."""
+"""Model families, found by config.json's model_type: each is the package ``models/<model_type>/``
+with a ``load`` function returning a ``models.base.VisionLanguageModel``. Adding one needs no edit here."""
 
 from __future__ import annotations
 
 import inspect
+import pkgutil
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 
 from ..errors import CheckpointError, MixError
 from ..weights import load_config
 
-# model_type -> module under mixcli.models (a small alias map, as mlx-vlm keeps one).
-FAMILIES = {
-    "internvl_chat": "internvl_chat",
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_vl",
-}
+# model_type -> the folder that implements it, where the two differ (as mlx-vlm keeps one).
+ALIASES = {"qwen2_5_vl": "qwen2_vl"}
+
+
+def family_folder(model_type: str) -> str:
+    return ALIASES.get(model_type, model_type)
+
+
+def is_supported(model_type: str) -> bool:
+    """Whether a family folder implements ``model_type`` (no import of Paddle or the family)."""
+    folder = family_folder(model_type)
+    spec = find_spec(f"{__name__}.{folder}") if folder.isidentifier() else None
+    return spec is not None and spec.submodule_search_locations is not None  # a package, not base.py
+
+
+def supported_types() -> list[str]:
+    """Every model_type with an implementation: the family folders and their aliases."""
+    folders = [m.name for m in pkgutil.iter_modules(__path__) if m.ispkg]
+    return sorted([*folders, *(alias for alias, folder in ALIASES.items() if folder in folders)])
 
 
 def family_module(model_type: str):
-    if model_type not in FAMILIES:
+    """The family package implementing ``model_type``; an error listing the supported ones."""
+    if not is_supported(model_type):
         raise CheckpointError(
             f"model type '{model_type}' is not supported yet",
-            f"supported: {', '.join(sorted(FAMILIES))}; see `mix models list`",
+            f"supported: {', '.join(supported_types())}; see `mix models list`",
         )
-    return import_module(f"{__name__}.{FAMILIES[model_type]}")
+    return import_module(f"{__name__}.{family_folder(model_type)}")
 
 
 def load_model(path: str | Path, dtype: str = "float32", allow_pickle: bool = False, **options):

@@ -222,3 +222,24 @@ def _source_positions(inv: np.ndarray, width: int, height: int, src_shape) -> tu
     sy = ((my.astype(np.float64) + np.float64(inv[3]) * xs) * inv_z).astype(np.float32).ravel()
     big_h, big_w = np.float32(max(src_shape[0], 16)), np.float32(max(src_shape[1], 16))
     return np.clip(sx, -big_w, big_w * 2), np.clip(sy, -big_h, big_h * 2)
+
+
+def ocr_rgb(image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a PIL image as rapidocr-paddle's LoadImage flattens it (utils/load_image.py).
+
+    Transparency is not put on white: visible pixels (alpha > 0) keep their colour and the rest turn
+    black; an image whose visible pixels are all black then gets 255 - alpha added (dark text on
+    white), any other is inverted, so white text on a clear background reads as black on white.
+    Grey + alpha (LA) is grey where visible, plus 255 - alpha, saturating."""
+    if image.mode == "LA":
+        grey, alpha = (np.asarray(band, dtype=np.int16) for band in image.split())
+        flat = np.minimum(np.where(alpha > 0, grey, 0) + (255 - alpha), 255).astype(np.uint8)
+        return np.repeat(flat[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"))
+        alpha = rgba[..., 3:]
+        visible = np.where(alpha > 0, rgba[..., :3], 0).astype(np.uint8)
+        if visible.mean() <= 0.0:
+            return np.repeat(255 - alpha, 3, axis=-1)
+        return 255 - visible
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))

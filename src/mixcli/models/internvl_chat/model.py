@@ -19,6 +19,7 @@ from ...layers.decoder import CausalLM
 from ...layers.linear import Linear
 from ...layers.multimodal import place_features
 from ...tokenizer import TextTokenizer
+from ..base import VisionLanguageModel
 from ...weights import Checkpoint, open_checkpoint, rename
 from .config import InternVLConfig
 from .conversation import get_template
@@ -150,23 +151,17 @@ def sanitize(weights: Mapping, cfg: InternVLConfig, layout: str | None = None) -
     return renamed.replace(out) if isinstance(renamed, Checkpoint) else out
 
 
-class InternVL:
-    """A loaded InternVL checkpoint: prompt building, embedding and the decode-loop interface."""
+class InternVL(VisionLanguageModel):
+    """A loaded InternVL checkpoint: its conversation template, image tiles and video frames."""
 
+    family = "InternVL"
     video_sampling = "segments"  # upstream load_video: the middle frame of equal spans
 
     def __init__(self, net: InternVLChat, tokenizer: TextTokenizer, path: Path):
-        self.net, self.tokenizer, self.path = net, tokenizer, path
-        self.config = net.config
+        super().__init__(net, tokenizer, path, net.config.text.max_position_embeddings)
         self.template = get_template(self.config.template)
+        self.end_of_turn = self.template.stop_token  # upstream sets eos_token_id to the separator's token
         self.image_token_id = tokenizer.require_id(IMG_CONTEXT)
-        self.context_length = self.config.text.max_position_embeddings
-
-    @property
-    def stop_token_ids(self) -> list[int]:
-        """Upstream sets eos_token_id to the template separator's token."""
-        ids = [self.tokenizer.token_id(self.template.stop_token), self.tokenizer.eos_token_id]
-        return [i for i in dict.fromkeys(ids) if i is not None]
 
     def prepare(
         self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None, max_tiles: int | None = None
@@ -185,17 +180,11 @@ class InternVL:
             first, answer = turns[0]
             turns = [(question_with_images(first, len(images)), answer)] + list(turns[1:])
         text = build_prompt_text(self.config, turns, [len(t) for t in tiles])
-        ids = self.tokenizer.encode(text)
-        if len(ids) >= self.context_length:
-            fix = "fewer frames (--frames, --fps)" if video is not None else "fewer or smaller images (--max-tiles)"
-            raise MixError(
-                f"the prompt needs {len(ids)} tokens but the model's context holds {self.context_length}",
-                f"use {fix} or a shorter question",
-            )
+        fix = "fewer frames (--frames, --fps)" if video is not None else "fewer or smaller images (--max-tiles)"
+        ids = self.check_context(self.tokenizer.encode(text), f"use {fix} or a shorter question")
         return Prompt(text=text, ids=ids, pixel_values=np.concatenate(tiles) if tiles else None)
 
-    @staticmethod
-    def sample_video(source, fps: float | None = None, frames: int | None = None, max_frames: int | None = None):
+    def sample_video(self, source, fps: float | None = None, frames: int | None = None, max_frames: int | None = None):
         """A video's frames as upstream's load_video takes them: `frames` segments (8 by default), or
         duration x fps segments, at most max_frames."""
         from ...video import sample_segments
@@ -208,18 +197,6 @@ class InternVL:
 
     def embed_prompt(self, prompt: Prompt) -> paddle.Tensor:
         return self.net.embed(prompt.ids, prompt.pixel_values, self.image_token_id)
-
-    def embed_tokens(self, ids: list[int]) -> paddle.Tensor:
-        return self.net.language_model.embed(paddle.to_tensor([ids], dtype="int64"))
-
-    def make_cache(self, max_len: int):
-        return self.net.language_model.make_cache(1, min(max_len, self.context_length))
-
-    def forward(self, embeds: paddle.Tensor, cache) -> paddle.Tensor:
-        return self.net.language_model(embeds, cache)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
 
 def with_frames(turns: list[tuple[str, str | None]], n_frames: int) -> list[tuple[str, str | None]]:

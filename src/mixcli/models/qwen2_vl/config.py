@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from ...configs import Config
 from ...layers.decoder import DecoderConfig
 
 
-def _known(cls, data: dict) -> dict:
-    names = {f.name for f in fields(cls) if f.init}
-    return {k: v for k, v in data.items() if k in names}
-
-
 @dataclass
-class VisionConfig:
+class VisionConfig(Config):
     """Qwen2VLVisionConfig / Qwen2_5_VLVisionConfig under Qwen2-VL's names: embed_dim is the
     tower's width, hidden_size the merger's output (Qwen2.5-VL calls them hidden_size and out_hidden_size)."""
 
@@ -35,16 +31,23 @@ class VisionConfig:
     tokens_per_second: float = 4
 
     @classmethod
-    def from_dict(cls, data: dict, qwen2_5: bool = False) -> "VisionConfig":
-        values = _known(cls, data)
-        if "in_chans" in data and "in_channels" not in data:  # the name the published configs use
-            values["in_channels"] = data["in_chans"]
-        if qwen2_5:
-            values.update(qwen2_5=True, hidden_act=data.get("hidden_act", "silu"))
-            values["embed_dim"] = data.get("hidden_size", 1280)
-            values["hidden_size"] = data.get("out_hidden_size", 3584)
-            values["fullatt_block_indexes"] = tuple(data.get("fullatt_block_indexes", (7, 15, 23, 31)))
-        return cls(**values)
+    def from_dict(cls, data: dict, qwen2_5: bool = False, **overrides) -> "VisionConfig":
+        """vision_config under Qwen2-VL's names; ``qwen2_5`` reads Qwen2.5-VL's names and defaults."""
+        if "in_chans" in data:  # the name the published configs use; an explicit in_channels still wins
+            data = {"in_channels": data["in_chans"], **data}
+        renamed = cls._qwen2_5_names(data) if qwen2_5 else {}
+        return super().from_dict(data, **{**renamed, **overrides})
+
+    @staticmethod
+    def _qwen2_5_names(data: dict) -> dict:
+        """Qwen2.5-VL's vision_config fields under Qwen2-VL's names, with its defaults."""
+        return {
+            "qwen2_5": True,
+            "hidden_act": data.get("hidden_act", "silu"),
+            "embed_dim": data.get("hidden_size", 1280),
+            "hidden_size": data.get("out_hidden_size", 3584),
+            "fullatt_block_indexes": tuple(data.get("fullatt_block_indexes", (7, 15, 23, 31))),
+        }
 
     @property
     def head_dim(self) -> int:
@@ -52,7 +55,7 @@ class VisionConfig:
 
 
 @dataclass
-class Qwen2VLConfig:
+class Qwen2VLConfig(Config):
     """Qwen2VLConfig: the published config.json is flat (text fields at the top, vision_config nested)."""
 
     vision_config: VisionConfig
@@ -63,14 +66,14 @@ class Qwen2VLConfig:
     text: DecoderConfig = field(default=None)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Qwen2VLConfig":
+    def from_dict(cls, data: dict, **overrides) -> "Qwen2VLConfig":
+        """The config from config.json: text fields as a DecoderConfig, vision_config parsed."""
         # transformers 5 saves the text fields under text_config; the published checkpoints keep them flat.
         flat = {**data, **(data.get("text_config") or {})}
         rope = flat.get("rope_scaling") or flat.get("rope_parameters") or {}
         section = list(rope.get("mrope_section") or [16, 24, 24])
         theta = rope.get("rope_theta", flat.get("rope_theta", 1_000_000.0))
         text = DecoderConfig.from_dict(flat, qkv_bias=True, mrope_section=section, rope_theta=theta)
-        values = _known(cls, data)
         qwen2_5 = data.get("model_type") == "qwen2_5_vl"
-        values["vision_config"] = VisionConfig.from_dict(data.get("vision_config") or {}, qwen2_5)
-        return cls(**{**values, "text": text})
+        vision = VisionConfig.from_dict(data.get("vision_config") or {}, qwen2_5)
+        return super().from_dict(data, vision_config=vision, text=text, **overrides)

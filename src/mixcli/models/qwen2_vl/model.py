@@ -11,11 +11,11 @@ import paddle
 from paddle import nn
 from PIL import Image
 
-from ...errors import MixError
+from ..base import VisionLanguageModel
 from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
 from ...layers.multimodal import place_features
-from ...tokenizer import TextTokenizer
+from ...tokenizer import TextTokenizer, chat_messages, expand_pads, load_chat_template, render_chat
 from ...weights import open_checkpoint, rename
 from .config import Qwen2VLConfig
 from .processing import (
@@ -24,11 +24,7 @@ from .processing import (
     ImageProcessorConfig,
     VideoProcessorConfig,
     check_max_pixels,
-    conversation,
-    expand_pads,
     image_patches,
-    load_chat_template,
-    render_chat,
     rope_index,
     video_patches,
 )
@@ -93,33 +89,28 @@ def sanitize(weights: Mapping, cfg: Qwen2VLConfig) -> Mapping:
     return rename(weights, RENAMES + tied)
 
 
-class Qwen2VL:
-    """A loaded Qwen2-VL / Qwen2.5-VL checkpoint: prompt building, embedding and the decode-loop interface."""
+class Qwen2VL(VisionLanguageModel):
+    """A loaded Qwen2-VL / Qwen2.5-VL checkpoint: its chat template, image and video patches, M-RoPE."""
 
+    family = "Qwen2-VL"
     video_sampling = "fps"  # frames by time, as qwen-vl-utils samples them
+    end_of_turn = "<|im_end|>"
 
     def __init__(
         self, net: Qwen2VLNet, tokenizer: TextTokenizer, path: Path, processor: ImageProcessorConfig,
         video_processor: VideoProcessorConfig | None = None,
     ):
-        self.net, self.tokenizer, self.path = net, tokenizer, Path(path)
-        self.config = net.config
+        super().__init__(net, tokenizer, path, net.config.text.max_position_embeddings)
         self.processor = processor
         self.chat_template = load_chat_template(self.path)
-        self.context_length = self.config.text.max_position_embeddings
         self.video_processor = video_processor or VideoProcessorConfig.from_dir(self.path, self.context_length)
-
-    @property
-    def stop_token_ids(self) -> list[int]:
-        ids = [self.tokenizer.token_id("<|im_end|>"), self.tokenizer.eos_token_id]
-        return [i for i in dict.fromkeys(ids) if i is not None]
 
     def prepare(self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None) -> Prompt:
         """Tokenized prompt for a conversation. Images belong to the first question and the video
         (a mixcli.video.Clip: frames and their sampled fps) to the last, unless <image> / <video>
         markers place them; upstream's processor takes both in one message."""
         patches = [image_patches(image, self.processor) for image in images]
-        text = render_chat(self.chat_template, conversation(turns, len(images), video is not None))
+        text = render_chat(self.chat_template, chat_messages(turns, len(images), video is not None))
         merge = self.processor.merge_size**2
         text = expand_pads(text, IMAGE_PAD, [int(np.prod(grid)) // merge for _, grid in patches])
         pixels = np.concatenate([p for p, _ in patches]) if patches else None
@@ -145,19 +136,8 @@ class Qwen2VL:
         return sample_by_fps(source, v.fps if fps is None else fps, v.min_frames, limit, factor)
 
     def _token_ids(self, text: str, video: bool) -> list[int]:
-        ids = self.tokenizer.encode(text)
-        if len(ids) >= self.context_length:
-            fix = "lower --fps or --max-frames" if video else "use fewer or smaller images"
-            raise MixError(
-                f"the prompt needs {len(ids)} tokens but the model's context holds {self.context_length}",
-                f"{fix}, --max-pixels, or a shorter question",
-            )
-        return ids
-
-    @staticmethod
-    def question_with_images(question: str, n_images: int) -> str:
-        """Images of a later chat turn are placed explicitly, before the question."""
-        return question if "<image>" in question else "<image>" * n_images + question
+        fix = "lower --fps or --max-frames" if video else "use fewer or smaller images"
+        return self.check_context(self.tokenizer.encode(text), f"{fix}, --max-pixels, or a shorter question")
 
     def embed_prompt(self, prompt: Prompt) -> Embedded:
         cfg = self.config
@@ -174,11 +154,8 @@ class Qwen2VL:
         positions, delta = rope_index(prompt.ids, types, grids, v.spatial_merge_size, [interval])
         return Embedded(embeds, positions, delta)
 
-    def embed_tokens(self, ids: list[int]) -> paddle.Tensor:
-        return self.net.language_model.embed(paddle.to_tensor([ids], dtype="int64"))
-
     def make_cache(self, max_len: int):
-        cache = self.net.language_model.make_cache(1, min(max_len, self.context_length))
+        cache = super().make_cache(max_len)
         cache.rope_delta = 0  # set by the prompt: decode positions continue from its largest M-RoPE position
         return cache
 
@@ -189,9 +166,6 @@ class Qwen2VL:
             cache.rope_delta = embeds.delta
             return lm(embeds.embeds, cache, all_logits, positions=embeds.positions)
         return lm(embeds, cache, all_logits, position_offset=cache.rope_delta)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
 
 
 def _rows(grids: np.ndarray | None) -> list[list[int]]:

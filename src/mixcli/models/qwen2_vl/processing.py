@@ -1,18 +1,17 @@
-"""Qwen2-VL's image/video preprocessing, chat template and 3-D rotary positions, as upstream's processor builds them."""
+"""Qwen2-VL's image/video preprocessing and 3-D rotary positions, as upstream's processor builds them."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ...errors import CheckpointError, InputError, MixError
+from ...errors import InputError, MixError
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -177,90 +176,6 @@ def video_patches(
     stack = np.stack([np.asarray(f.convert("RGB").resize((width, height), Image.BICUBIC)) for f in frames])
     normalized = (stack.astype(np.float32) - mean) / std  # (T, H, W, C)
     return patchify(normalized.transpose(0, 3, 1, 2), cfg)
-
-
-# --------------------------------------------------------------------------- chat template
-
-
-def load_chat_template(folder: Path) -> str:
-    """The checkpoint's chat template: chat_template.json, chat_template.jinja or tokenizer_config.json."""
-    for name in ("chat_template.json", "chat_template.jinja", "tokenizer_config.json"):
-        file = folder / name
-        if not file.exists():
-            continue
-        if name.endswith(".jinja"):
-            return file.read_text(encoding="utf-8")
-        template = json.loads(file.read_text(encoding="utf-8")).get("chat_template")
-        if isinstance(template, str):
-            return template
-    raise CheckpointError(
-        f"{folder} has no chat template", "download the complete checkpoint with `mix download MODEL`"
-    )
-
-
-def render_chat(template: str, messages: list[dict], **extra) -> str:
-    """Render like transformers' apply_chat_template: sandboxed jinja2, trim_blocks, lstrip_blocks."""
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise MixError(f"the chat template refused the conversation: {message}", "check the question and images")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent, ensure_ascii=False)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **extra)
-
-
-def user_content(question: str, n_images: int, video: bool = False) -> list[dict]:
-    """A question as content parts: each '<image>' marker becomes an image part and a '<video>'
-    marker the video part; unplaced images (n_images) and an unplaced video come first, in that
-    order, as in the model card's messages."""
-    parts: list[dict] = [{"type": "image"}] * n_images + ([{"type": "video"}] if video else [])
-    for piece in re.split(r"(<image>|<video>)", question):
-        if piece in ("<image>", "<video>"):
-            parts.append({"type": piece[1:-1]})
-        elif piece:
-            parts.append({"type": "text", "text": piece})
-    return parts
-
-
-def conversation(turns: list[tuple[str, str | None]], n_images: int, video: bool = False) -> list[dict]:
-    """Chat messages for the turns. Images belong to the first question and the video to the last,
-    unless '<image>' / '<video>' markers place them."""
-    placed = sum(q.count("<image>") for q, _ in turns)
-    if placed and placed != n_images:
-        raise MixError(
-            f"the question has {placed} <image> markers for {n_images} images",
-            "use one <image> per image, or none to put the images before the question",
-        )
-    videos = sum(q.count("<video>") for q, _ in turns)
-    if videos > int(video):
-        raise MixError(
-            f"the question has {videos} <video> markers for {int(video)} videos",
-            "pass one video per request, with at most one <video> marker",
-        )
-    messages = []
-    for i, (question, answer) in enumerate(turns):
-        count = n_images if (i == 0 and not placed) else 0
-        unplaced_video = video and not videos and i == len(turns) - 1
-        messages.append({"role": "user", "content": user_content(question, count, unplaced_video)})
-        if answer is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
-
-
-def expand_pads(text: str, pad: str, counts: list[int]) -> str:
-    """Each pad token becomes its image's (or video's) number of merged tokens, in order."""
-    pieces = text.split(pad)
-    if len(pieces) - 1 != len(counts):
-        raise MixError(
-            f"the prompt has {len(pieces) - 1} {pad} slots for {len(counts)} inputs", "check the chat template"
-        )
-    out = pieces[0]
-    for count, piece in zip(counts, pieces[1:]):
-        out += pad * count + piece
-    return out
 
 
 # --------------------------------------------------------------------------- 3-D positions

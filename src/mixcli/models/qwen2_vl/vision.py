@@ -1,25 +1,17 @@
-"""Qwen2-VL's and Qwen2.5-VL's vision transformers: 3-D patch embedding, 2-D rotary attention per
-frame (or per window), patch merger."""
+"""Qwen2-VL's and Qwen2.5-VL's vision transformers: 3-D patch embedding, the shared ViT block with 2-D
+rotary attention per frame (or per window), patch merger."""
 
 from __future__ import annotations
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 
-from ... import ext
 from ...layers.attention import attention
 from ...layers.linear import Linear
-from ...layers.norm import LayerNorm, RMSNorm
 from ...layers.rope import apply_rotary
+from ...layers.vit import TIMM_NAMES, ViTBlock, ViTSpec, activation, make_norm
 from .config import VisionConfig
-
-ACTIVATIONS = {
-    "quick_gelu": ext.quick_gelu,  # one fused pass where Paddle makes three over (patches, 4 * embed_dim)
-    "gelu": F.gelu,
-    "silu": F.silu,
-}
 
 
 def vision_positions(grid_thw: np.ndarray, merge: int) -> np.ndarray:
@@ -101,22 +93,6 @@ def _as_float32(x: paddle.Tensor) -> paddle.Tensor:
     return x if x.dtype == paddle.float32 else x.astype("float32")
 
 
-class VisionMLP(nn.Layer):
-    def __init__(self, cfg: VisionConfig):
-        super().__init__()
-        hidden = int(cfg.embed_dim * cfg.mlp_ratio)
-        self.fc1 = Linear(cfg.embed_dim, hidden)
-        self.fc2 = Linear(hidden, cfg.embed_dim)
-        self.act = ACTIVATIONS[cfg.hidden_act]
-
-    def forward(self, x):
-        if self.act is ext.quick_gelu and x.place.is_cpu_place():
-            # fc1's bias joins the activation's pass: Paddle's product with a bias in it (addmm) took
-            # 70 ms for (1024, 1280) x (1280, 5120) on the CPU, the plain product 65 ms.
-            return self.fc2(ext.bias_quick_gelu(paddle.matmul(x, self.fc1.weight), self.fc1.bias))
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class VisionSwiGLU(nn.Layer):
     """Qwen2.5-VL's vision MLP: down(act(gate(x)) * up(x)), with biases."""
 
@@ -125,27 +101,23 @@ class VisionSwiGLU(nn.Layer):
         self.gate_proj = Linear(cfg.embed_dim, cfg.intermediate_size)
         self.up_proj = Linear(cfg.embed_dim, cfg.intermediate_size)
         self.down_proj = Linear(cfg.intermediate_size, cfg.embed_dim)
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.act = activation(cfg.hidden_act)
 
     def forward(self, x):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-def make_norm(cfg: VisionConfig) -> nn.Layer:
-    return RMSNorm(cfg.embed_dim, 1e-6) if cfg.qwen2_5 else LayerNorm(cfg.embed_dim, epsilon=1e-6)
+def vit_spec(cfg: VisionConfig) -> ViTSpec:
+    """Qwen2VLVisionBlock as a shared block (pre-norm, quick_gelu MLP); its attention is the rotary one above,
+    and Qwen2.5-VL's MLP the SwiGLU."""
+    norm = "rms_norm" if cfg.qwen2_5 else "layer_norm"
+    return ViTSpec(cfg.embed_dim, cfg.num_heads, int(cfg.embed_dim * cfg.mlp_ratio), act=cfg.hidden_act, norm=norm,
+                   eps=1e-6, names=TIMM_NAMES)  # fmt: skip
 
 
-class VisionBlock(nn.Layer):
-    def __init__(self, cfg: VisionConfig):
-        super().__init__()
-        self.norm1 = make_norm(cfg)
-        self.norm2 = make_norm(cfg)
-        self.attn = VisionAttention(cfg)
-        self.mlp = VisionSwiGLU(cfg) if cfg.qwen2_5 else VisionMLP(cfg)
-
-    def forward(self, x, cos, sin, lengths):
-        x = x + self.attn(self.norm1(x), cos, sin, lengths)
-        return x + self.mlp(self.norm2(x))
+def vision_block(cfg: VisionConfig) -> ViTBlock:
+    """norm1, attn (x, cos, sin, frame lengths), norm2, mlp."""
+    return ViTBlock(vit_spec(cfg), VisionAttention(cfg), VisionSwiGLU(cfg) if cfg.qwen2_5 else None)
 
 
 class PatchMerger(nn.Layer):
@@ -154,7 +126,8 @@ class PatchMerger(nn.Layer):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.width = cfg.embed_dim * cfg.spatial_merge_size**2
-        self.ln_q = make_norm(cfg)
+        spec = vit_spec(cfg)
+        self.ln_q = make_norm(spec.norm, spec.dim, spec.eps)
         self.mlp = nn.Sequential(Linear(self.width, self.width), nn.GELU(), Linear(self.width, cfg.hidden_size))
 
     def forward(self, x):
@@ -168,7 +141,7 @@ class VisionTransformer(nn.Layer):
         super().__init__()
         self.config = cfg
         self.patch_embed = PatchEmbed(cfg)
-        self.blocks = nn.LayerList([VisionBlock(cfg) for _ in range(cfg.depth)])
+        self.blocks = nn.LayerList([vision_block(cfg) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg)
         quarter = cfg.head_dim // 2  # h and w each rotate half of the head
         self.inv_freq = 1.0 / (10000.0 ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
