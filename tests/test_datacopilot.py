@@ -20,9 +20,10 @@ def _mm(i, image="a.png", question="<image>\nWhat is this?", answer="A cat."):
 
 
 MM = _mm(0)
-MIX = {"id": "x", "images": ["a.png", "b.png"],
-       "conversations": [{"from": "user", "value": "<image><image>Compare."}, {"from": "assistant", "value": "Same."}]}
-LLAVA = {"id": "l", "images": ["a.png"], "source": "coco",
+MIX = {"id": "x", "images": [{"id": 0, "url": "a.png"}, {"id": 1, "url": "b.png"}],
+       "conversations": [{"from": "user", "value": "<image>0</image>\n<image>1</image>\nCompare."},
+                         {"from": "assistant", "value": "Same."}]}
+LLAVA = {"id": "l", "image": "a.png", "source": "coco",
          "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "<image>\nHi"},
                            {"from": "gpt", "value": "Hello", "weight": 0.5}]}
 OPENAI = {"messages": [
@@ -45,15 +46,15 @@ def _jsonl(path, rows, raw_lines=()):
     return path
 
 
-@pytest.mark.parametrize("row, name", [(MM, "mm"), (MIX, "mix"), (LLAVA, "llava"), (OPENAI, "openai"),
-                                       (TEXT_ONLY, "mm"), ({"text": "x"}, None), ([1], None)])
+@pytest.mark.parametrize("row, name", [(MM, "llava"), (MIX, "mix"), (LLAVA, "llava"), (OPENAI, "openai"),
+                                       (TEXT_ONLY, "llava"), ({"text": "x"}, None), ([1], None)])
 def test_detect(row, name):
     assert detect(row) == name
 
 
 @pytest.mark.parametrize("row", [MM, MIX, LLAVA, OPENAI, TEXT_ONLY,
-                                 _mm(1, image=["a.png", "b.png"], question="<image>x<image>"),
-                                 _mm(2, question="<image><image> one image, two markers"),
+                                 _mm(1, image=["a.png", "b.png"], question="<image>\nx<image>"),
+                                 _mm(2, question="<image>\n<image> one image, two markers"),
                                  _mm(3, question="", answer="<image>")])
 @pytest.mark.parametrize("via", schema.SCHEMAS)
 def test_round_trip_is_lossless(row, via):
@@ -79,7 +80,7 @@ def test_openai_places_images_as_parts():
     assert [p["type"] for p in content] == ["image_url", "image_url", "text"]
     assert content[1]["image_url"]["url"] == "b.png"
     assert convert(MM, "mix")["conversations"][0]["from"] == "user"
-    assert convert(MM, "llava")["images"] == ["a.png"]
+    assert convert(MM, "llava")["image"] == "a.png"
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
@@ -125,7 +126,7 @@ def test_dataset_ops_chain():
 
 def test_parallel_map_matches_serial():
     ds = MMDataset.from_rows([MM, MIX, OPENAI, {"bad": 1}])
-    assert list(ds.map(detect, workers=2)) == ["mm", "mix", "openai", None]
+    assert list(ds.map(detect, workers=2)) == ["llava", "mix", "openai", None]
 
 
 BAD_CASES = [
@@ -138,8 +139,8 @@ BAD_CASES = [
     (_mm(5, answer=""), "turn 2 has empty text"),
     ({"conversations": [{"from": "human", "value": "Q"}]}, "last turn is not an assistant answer"),
     ({"text": "no schema"}, "unknown schema"),
-    ({"conversations": [{"from": "robot", "value": "Q"}]}, "unknown schema"),
-    ({"conversations": [{"from": ["human"], "value": "Q"}]}, "unknown schema"),
+    ({"conversations": [{"from": "robot", "value": "Q"}]}, "unknown role 'robot'"),
+    ({"conversations": [{"from": ["human"], "value": "Q"}]}, "role is a list"),
 ]
 
 
@@ -193,10 +194,10 @@ def test_validate_cli(folder, cli):
 def test_info_and_head_cli(folder, cli):
     src = _jsonl(folder / "d.jsonl", [MM, _mm(1, image="gone.png"), OPENAI, _mm(2, image="http://h/x.jpg")])
     doc = json_of(cli("datacopilot", "info", str(src), "--json"))
-    assert doc["rows"] == 4 and doc["schemas"] == {"mm": 3, "openai": 1}
+    assert doc["rows"] == 4 and doc["schemas"] == {"llava": 3, "openai": 1}
     assert doc["images"] == {"referenced": 4, "missing": 1, "urls": 1}
     lines = json_lines(cli("datacopilot", "head", str(src), "-n", "2", "--to", "mix"))
-    assert len(lines) == 2 and lines[0]["images"] == ["a.png"]
+    assert len(lines) == 2 and lines[0]["images"] == [{"id": 0, "url": "a.png"}]
     assert json_of(cli("datacopilot", "head", str(src), "-n", "1", "--json")) == [MM]
 
 
@@ -205,7 +206,7 @@ def test_convert_cli_round_trip(folder, cli):
     src = _jsonl(folder / "d.jsonl", rows, raw_lines=["not json", json.dumps({"foo": 1}),
                                                     json.dumps({"conversations": [{"from": "human", "value": None}]})])
     r = cli("datacopilot", "convert", str(src), "--to", "openai", "-o", str(folder / "o.parquet"), "--json")
-    assert json_of(r)["skipped"] == 3 and "3 row(s) skipped" in r.stderr
+    assert json_of(r)["skipped"] == 3 and "3 rows skipped" in r.stderr
     assert all(detect(x) == "openai" for x in MMDataset.open(folder / "o.parquet"))
     r = cli("datacopilot", "convert", str(src), "--to", "openai", "-o", str(folder / "o.parquet"))
     assert r.exit_code == 1 and "--force" in r.stderr

@@ -103,7 +103,7 @@ def test_split_exact_and_seeded(data, cli, tmp_path):
     assert ops.split_assignment(10, [0.9, 0.1], 3) == ops.split_assignment(10, [0.9, 0.1], 3)
     assert sorted(ops.split_assignment(10, [0.7, 0.3], 3)) == [0] * 7 + [1] * 3
     r = cli("datacopilot", "split", str(data), "--ratios", "0.9", "-o", str(tmp_path / "x.jsonl"))
-    assert r.exit_code == 1 and "ratios" in r.stderr
+    assert r.exit_code == 2 and "ratios" in r.stderr
 
 
 def test_merge_cli(data, cli, tmp_path):
@@ -115,7 +115,7 @@ def test_merge_cli(data, cli, tmp_path):
     assert r.exit_code == 0, r.stderr
     rows = list(MMDataset.open(out))
     assert len(rows) == 7 and rows[-1]["conversations"][1] == {"from": "assistant", "value": "Yo"}
-    assert rows[0]["images"] == ["wide.png"]
+    assert rows[0]["images"] == [{"id": 0, "url": "wide.png"}]
     r = cli("datacopilot", "merge", str(data), str(other), "-o", str(out))
     assert r.exit_code == 1 and "--force" in r.stderr
     assert cli("datacopilot", "merge", str(data), str(other), "-o", str(out), "--force").exit_code == 0
@@ -125,7 +125,7 @@ def test_merge_cli(data, cli, tmp_path):
 def test_stats_and_report(data, cli, tmp_path):
     report = tmp_path / "report.html"
     doc = json_of(cli("datacopilot", "stats", str(data), "--report", str(report), "--json"))
-    assert doc["rows"] == 6 and doc["unreadable_rows"] == 1 and doc["schemas"] == {"mm": 6}
+    assert doc["rows"] == 6 and doc["unreadable_rows"] == 1 and doc["schemas"] == {"llava": 6}
     assert doc["turns_per_row"]["min"] == 2 and doc["turns_per_row"]["max"] == 6
     assert doc["image_width"]["count"] == 3 and doc["image_width"]["max"] == 200
     assert doc["images_unreadable"] == 1 and doc["image_urls"] == 1

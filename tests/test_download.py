@@ -65,7 +65,8 @@ def test_second_run_skips_verified_files(cli, hub, repo):  # noqa: F811
     assert hub.transfers == []
 
 
-def test_killed_download_resumes_with_a_range_request(cli, hub, repo):  # noqa: F811
+def test_killed_download_resumes_with_a_range_request(cli, hub, repo, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(hublib, "ATTEMPTS", 1)  # no retry within the run: as if it were killed mid-transfer
     hub.cut_after["model.safetensors"] = 120_000
     first = cli("download", REPO)
     assert first.exit_code == 1
@@ -250,3 +251,35 @@ def test_an_alias_with_default_files_fetches_only_those(cli, hub):  # noqa: F811
                    "unet/diffusion_pytorch_model.safetensors"]
     result = cli("download", "stable-diffusion-v1-5", "--include", "*.fp16.safetensors", "--json")
     assert json_of(result)["files"] == ["unet/diffusion_pytorch_model.fp16.safetensors"]
+
+
+LLAVA_REPO = "llava-hf/llava-1.5-7b-hf"  # models.toml's llava-1.5-7b: a family mix cannot run yet
+LLAVA_FILES = {"config.json": b'{"model_type": "llava"}', "model.safetensors": os.urandom(1000)}
+
+
+def test_a_family_mix_cannot_run_is_not_fetched_without_a_terminal(cli, hub):  # noqa: F811
+    hub.add_repo(LLAVA_REPO, LLAVA_FILES)
+    result = cli("download", "llava-1.5-7b")
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert line.startswith("error: mix cannot run llava-1.5-7b") and "pass --yes" in line, line
+    assert hub.requests == []
+
+
+def test_a_family_mix_cannot_run_is_fetched_when_confirmed(cli, hub, monkeypatch):  # noqa: F811
+    from mixcli.cli import download
+
+    hub.add_repo(LLAVA_REPO, LLAVA_FILES)
+    monkeypatch.setattr(download, "_interactive", lambda: True)
+    declined = cli("download", "llava-1.5-7b", input="n\n")
+    assert declined.exit_code == 1 and "Download it anyway?" in declined.stderr and hub.requests == []
+    accepted = cli("download", "llava-1.5-7b", input="y\n")
+    assert accepted.exit_code == 0, accepted.stderr
+    assert_identical(repo_dir(LLAVA_REPO), LLAVA_FILES)
+
+
+def test_yes_fetches_a_family_mix_cannot_run(cli, hub):  # noqa: F811
+    hub.add_repo(LLAVA_REPO, LLAVA_FILES)
+    result = cli("download", "llava-1.5-7b", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert_identical(repo_dir(LLAVA_REPO), LLAVA_FILES)

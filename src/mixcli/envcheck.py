@@ -11,7 +11,7 @@ from importlib import metadata
 from typing import Any
 
 from .paths import mix_home
-from .runtime import configure_threads, cpu_threads, import_paddle
+from .runtime import THREAD_VARS, configure_threads, cpu_threads, import_paddle
 
 PADDLE_DISTS = ("paddlepaddle", "paddlepaddle-gpu")
 REQUIRED = ("numpy", "safetensors", "tokenizers", "huggingface_hub", "typer", "pillow", "rapidocr-paddle")
@@ -131,15 +131,25 @@ def check_paddle(problems: list[Problem]) -> tuple[Any, dict | None]:
     return paddle, info
 
 
-def check_threads(paddle_ok: bool, problems: list[Problem]) -> dict:
-    """Thread settings as the runtime applies them (DESIGN.md: one thread by default is 40 % slower)."""
-    settings = configure_threads()
+def _thread_count(value: str) -> int | None:
+    """A thread-count variable's value as a number of threads, or None when it is not a whole number >= 1."""
+    value = value.strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
+def check_threads(paddle_ok: bool, problems: list[Problem], settings: dict[str, str] | None = None) -> dict:
+    """Every thread setting the runtime applies (the counts, KMP_BLOCKTIME, MKL_DEBUG_CPU_TYPE) and what is
+    wrong with them; ``settings`` as read before Paddle's import, which rewrites a non-numeric
+    OMP_NUM_THREADS to 1. DESIGN.md: one thread by default is 40 % slower."""
+    settings = settings or configure_threads()
     cores = cpu_threads()
     report: dict[str, Any] = {"cores": cores, **settings, "paddle": None}
-    try:
-        omp = int(settings["OMP_NUM_THREADS"])
-    except ValueError:
-        problems.append(Problem(f"OMP_NUM_THREADS={settings['OMP_NUM_THREADS']} is not a number", f"set it to {cores}"))
+    fix = f"unset it (mix then uses all {cores} cores), or set it to a whole number from 1 to {cores}"
+    for var in THREAD_VARS:
+        if _thread_count(settings[var]) is None:
+            problems.append(Problem(f"{var}={settings[var]!r} is not a number of threads", fix))
+    omp = _thread_count(settings["OMP_NUM_THREADS"])
+    if omp is None:
         return report
     report["paddle"] = omp if paddle_ok else None  # what runtime.import_paddle passes to set_num_threads
     if omp == 1 < cores:
@@ -196,11 +206,12 @@ def collect() -> dict:
     problems: list[Problem] = []
     python = check_python(problems)
     packages = check_packages(problems)
+    threads = configure_threads()  # before Paddle's import, which replaces a malformed OMP_NUM_THREADS
     paddle, paddle_info = check_paddle(problems)
     report = {
         "python": python,
         "paddle": paddle_info,
-        "threads": check_threads(paddle is not None, problems),
+        "threads": check_threads(paddle is not None, problems, threads),
         "ext": check_ext(paddle is not None, problems),
         "packages": packages,
         "cache": check_cache(problems),
@@ -233,8 +244,9 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         build += [f"custom devices: {' '.join(paddle['custom_devices'])}"] if paddle["custom_devices"] else []
         rows.append(("paddle", f"{paddle['version']} ({', '.join(build)}, commit {paddle['commit'][:10]})"))
         rows += [(f"device {d['name']}", "ok" if d["ok"] else f"FAILED: {d['error']}") for d in paddle["devices"]]
-    omp, mkl = threads["OMP_NUM_THREADS"], threads["MKL_NUM_THREADS"]
-    rows.append(("threads", f"OMP {omp}, MKL {mkl}, paddle {threads['paddle']} ({threads['cores']} cores)"))
+    applied = " ".join(f"{var}={value}" for var, value in threads.items() if var not in ("cores", "paddle"))
+    paddle_threads = f"paddle {threads['paddle']} of " if threads["paddle"] else ""
+    rows.append(("threads", f"{applied}; {paddle_threads}{threads['cores']} cores"))
     rows.append(("ext ops", _ext_row(ext)))
     rows += [(name, version) for name, version in report["packages"].items() if version]
     rows.append(("cache", f"{report['cache']['path']} ({_gib(report['cache']['free_bytes'])})"))

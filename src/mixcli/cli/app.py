@@ -10,7 +10,7 @@ import typer
 
 from .. import __version__
 from . import output
-from .errors import handle_errors
+from .errors import handle_errors, stdout_failure
 
 # Only commands that work are registered: (module under mixcli.cli, command name).
 COMMANDS: list[tuple[str, str]] = [
@@ -62,4 +62,14 @@ _register()
 
 def main() -> None:
     """Console entry point."""
-    app()
+    try:
+        app()
+    except OSError as e:  # a write outside any command, such as --help into /dev/full
+        status = stdout_failure(e)
+        if status is None:
+            raise
+        raise SystemExit(status) from None
+
+
+if __name__ == "__main__":  # `python -m mixcli.cli.app`, as the tests run it
+    main()

@@ -13,29 +13,56 @@ from .options import JsonOpt, SeedOpt
 
 app = typer.Typer(help="Validate, convert, filter and profile multimodal training data.", no_args_is_help=True)
 
-DataArg = Annotated[Path, typer.Argument(help="Dataset file: .json (array), .jsonl or .parquet.")]
-OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file (.json, .jsonl or .parquet).")]
+DataArg = Annotated[Path, typer.Argument(metavar="PATH", help="Dataset file: .json (array), .jsonl or .parquet.")]
+OutOpt = Annotated[
+    Path, typer.Option("--output", "-o", metavar="PATH", help="Output file (.json, .jsonl or .parquet).")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 RootOpt = Annotated[
     Optional[Path],
-    typer.Option("--image-root", help="Folder that relative image paths start from (default: the dataset's).")
+    typer.Option("--image-root", metavar="PATH",
+                 help="Folder that relative image paths start from (default: the dataset's)."),
 ]
-SchemaOpt = Annotated[Optional[str], typer.Option("--to", help="Write rows in this schema: mm, mix, llava, openai.")]
+AbsolutePathsOpt = Annotated[
+    bool,
+    typer.Option("--absolute-paths",
+                 help="Write image paths as absolute paths (default: relative to the output's folder)."),
+]
+SchemaOpt = Annotated[
+    Optional[str],
+    typer.Option("--to", metavar="SCHEMA", help="Write rows in this schema: mm, mix, llava, openai.",
+                 autocompletion=lambda incomplete: [s for s in _schemas() if s.startswith(incomplete)]),
+]
 
 
 def _root(data: Path, root: Path | None) -> Path:
     return root if root is not None else data.resolve().parent
 
 
-def _check_schema(to: str | None) -> None:
+def _schemas() -> tuple[str, ...]:
+    # Imported here, not at the top: the package pulls in NumPy, and `mix --help` should stay instant.
     from ..datacopilot.schema import SCHEMAS
 
-    if to is not None and to not in SCHEMAS:
-        raise typer.BadParameter(f"{to!r} is not one of {', '.join(SCHEMAS)}", param_hint="--to")
+    return SCHEMAS
 
 
-def _done(summary: dict, json_: bool, line: str) -> None:
-    output.emit(summary, json_, line)
+def _check_schema(to: str | None) -> None:
+    if to is not None and to not in _schemas():
+        raise typer.BadParameter(f"{to!r} is not one of {', '.join(_schemas())}", param_hint="--to")
+
+
+def _renamed(new_value, old_value, old: str, new: str):
+    """The value of a renamed option: the old spelling still works, with a note on stderr."""
+    if old_value is None:
+        return new_value
+    output.warn(f"{old} is now {new}")
+    return old_value
+
+
+def _n(count: int, noun: str) -> str:
+    from ..datacopilot.words import plural
+
+    return plural(count, noun)
 
 
 @app.command("info")
@@ -58,7 +85,7 @@ def _show_info(summary: dict) -> None:
 @app.command("head")
 def head_cmd(
     data: DataArg,
-    n: Annotated[int, typer.Option("-n", min=0, help="Number of rows.")] = 5,
+    n: Annotated[int, typer.Option("-n", min=0, metavar="N", help="Number of rows.")] = 5,
     to: SchemaOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -75,9 +102,17 @@ def head_cmd(
 def validate_cmd(
     data: DataArg,
     image_root: RootOpt = None,
-    images: Annotated[str, typer.Option("--images", help="open (decode), exists, or skip image checks.")] = "open",
-    good: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the good rows here.")] = None,
-    rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write bad rows with reasons here.")] = None,
+    check_images: Annotated[
+        str, typer.Option("--check-images", metavar="MODE", help="open (decode), exists, or skip image checks.")
+    ] = "open",
+    images_old: Annotated[Optional[str], typer.Option("--images", hidden=True)] = None,
+    good: Annotated[
+        Optional[Path], typer.Option("--output", "-o", metavar="PATH", help="Write the good rows here.")
+    ] = None,
+    rejects: Annotated[
+        Optional[Path], typer.Option("--rejects", metavar="PATH", help="Write bad rows with reasons here.")
+    ] = None,
+    absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -85,13 +120,15 @@ def validate_cmd(
     from ..datacopilot import MMDataset
     from ..datacopilot.validate import IMAGE_CHECKS, run_validate
 
-    if images not in IMAGE_CHECKS:
-        raise typer.BadParameter(f"{images!r} is not one of {', '.join(IMAGE_CHECKS)}", param_hint="--images")
+    mode = _renamed(check_images, images_old, "--images", "--check-images")
+    if mode not in IMAGE_CHECKS:
+        raise typer.BadParameter(f"{mode!r} is not one of {', '.join(IMAGE_CHECKS)}", param_hint="--check-images")
     show = None if json_ else (lambda p: output.result(f"row {p['row']}: {p['level']}: {p['reason']}"))
-    summary = run_validate(MMDataset.open(data).records(), _root(data, image_root), images, good, rejects,
-                           force, (data,), on_problem=show)
-    _done(summary, json_, f"{summary['rows']} rows: {summary['good']} good, {summary['bad']} bad, "
-                          f"{summary['warnings']} warnings")
+    records = MMDataset.open(data, image_root=image_root).records()
+    summary = run_validate(records, _root(data, image_root), mode, good, rejects, force, (data,), on_problem=show,
+                           absolute_paths=absolute_paths)
+    output.emit(summary, json_, f"{_n(summary['rows'], 'row')}: {summary['good']} good, {summary['bad']} bad, "
+                                f"{_n(summary['warnings'], 'warning')}")
     if summary["bad"]:
         raise typer.Exit(1)
 
@@ -99,8 +136,9 @@ def validate_cmd(
 @app.command("convert")
 def convert_cmd(
     data: DataArg,
-    to: Annotated[str, typer.Option("--to", help="Target schema: mm, mix, llava, openai.")],
+    to: Annotated[str, typer.Option("--to", metavar="SCHEMA", help="Target schema: mm, mix, llava, openai.")],
     out: OutOpt,
+    absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -108,33 +146,50 @@ def convert_cmd(
     from ..datacopilot import convert_file
 
     _check_schema(to)
-    summary = convert_file(data, out, to, force)
+    summary = convert_file(data, out, to, force, absolute_paths)
     if summary["skipped"]:
-        output.warn(f"{summary['skipped']} row(s) skipped (unreadable or of no known schema; see `validate`)")
-    _done(summary, json_, f"wrote {summary['rows']} rows ({to}) to {out}")
+        output.warn(f"{_n(summary['skipped'], 'row')} skipped (unreadable or of no known schema; see `validate`)")
+    output.emit(summary, json_, f"wrote {_n(summary['rows'], 'row')} ({to}) to {out}")
 
 
 @app.command("filter")
 def filter_cmd(
     data: DataArg,
     out: OutOpt,
-    min_turns: Annotated[Optional[int], typer.Option(help="At least this many turns.")] = None,
-    max_turns: Annotated[Optional[int], typer.Option(help="At most this many turns.")] = None,
-    min_chars: Annotated[Optional[int], typer.Option(help="At least this many characters of text.")] = None,
-    max_chars: Annotated[Optional[int], typer.Option(help="At most this many characters of text.")] = None,
-    min_tokens: Annotated[Optional[int], typer.Option(help="At least this many tokens (needs --tokenizer).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="At most this many tokens (needs --tokenizer).")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="Model folder whose tokenizer counts tokens.")] = None,
-    min_width: Annotated[Optional[int], typer.Option(help="Every image at least this wide.")] = None,
-    max_width: Annotated[Optional[int], typer.Option(help="Every image at most this wide.")] = None,
-    min_height: Annotated[Optional[int], typer.Option(help="Every image at least this high.")] = None,
-    max_height: Annotated[Optional[int], typer.Option(help="Every image at most this high.")] = None,
-    min_aspect: Annotated[Optional[float], typer.Option(help="Every image's width/height at least this.")] = None,
-    max_aspect: Annotated[Optional[float], typer.Option(help="Every image's width/height at most this.")] = None,
-    min_file_size: Annotated[Optional[int], typer.Option(help="Every image file at least this many bytes.")] = None,
-    max_file_size: Annotated[Optional[int], typer.Option(help="Every image file at most this many bytes.")] = None,
+    min_turns: Annotated[Optional[int], typer.Option(metavar="N", help="At least this many turns.")] = None,
+    max_turns: Annotated[Optional[int], typer.Option(metavar="N", help="At most this many turns.")] = None,
+    min_chars: Annotated[
+        Optional[int], typer.Option(metavar="N", help="At least this many characters of text.")
+    ] = None,
+    max_chars: Annotated[Optional[int], typer.Option(metavar="N", help="At most this many characters of text.")] = None,
+    min_tokens: Annotated[
+        Optional[int], typer.Option(metavar="N", help="At least this many tokens (needs --tokenizer).")
+    ] = None,
+    max_tokens: Annotated[
+        Optional[int], typer.Option(metavar="N", help="At most this many tokens (needs --tokenizer).")
+    ] = None,
+    tokenizer: Annotated[
+        Optional[Path], typer.Option(metavar="PATH", help="Model folder whose tokenizer counts tokens.")
+    ] = None,
+    min_width: Annotated[Optional[int], typer.Option(metavar="N", help="Every image at least this wide.")] = None,
+    max_width: Annotated[Optional[int], typer.Option(metavar="N", help="Every image at most this wide.")] = None,
+    min_height: Annotated[Optional[int], typer.Option(metavar="N", help="Every image at least this high.")] = None,
+    max_height: Annotated[Optional[int], typer.Option(metavar="N", help="Every image at most this high.")] = None,
+    min_aspect: Annotated[
+        Optional[float], typer.Option(metavar="R", help="Every image's width/height at least this.")
+    ] = None,
+    max_aspect: Annotated[
+        Optional[float], typer.Option(metavar="R", help="Every image's width/height at most this.")
+    ] = None,
+    min_file_size: Annotated[
+        Optional[int], typer.Option(metavar="N", help="Every image file at least this many bytes.")
+    ] = None,
+    max_file_size: Annotated[
+        Optional[int], typer.Option(metavar="N", help="Every image file at most this many bytes.")
+    ] = None,
     image_root: RootOpt = None,
-    workers: Annotated[int, typer.Option(min=1, help="Processes that check rows in parallel.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, metavar="N", help="Processes that check rows in parallel.")] = 1,
+    absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -143,72 +198,114 @@ def filter_cmd(
 
     bounds = {k: v for k, v in locals().items() if k.startswith(("min_", "max_"))}
     pred = ops.RowFilter(ops.Conditions(**bounds), _root(data, image_root), tokenizer)
-    ds = MMDataset.open(data)
-    kept = ds.filter(pred, workers=workers).export(out, force)
-    summary = {"input_rows": ds.count(), "rows": kept, "output": str(out)}
-    _done(summary, json_, f"kept {kept} of {summary['input_rows']} rows in {out}")
+    ds = MMDataset.open(data, image_root=image_root)
+    summary = ops.filter_file(ds, pred, out, force, workers, absolute_paths)
+    if summary["dropped_no_schema"]:
+        output.warn(f"dropped {_n(summary['dropped_no_schema'], 'row')} of no known schema (see `validate`)")
+    if summary["dropped_unreadable"]:
+        output.warn(f"dropped {_n(summary['dropped_unreadable'], 'row')} that could not be read (see `validate`)")
+    output.emit(summary, json_, f"kept {summary['rows']} of {_n(summary['input_rows'], 'row')} in {out}")
 
 
 @app.command("sample")
 def sample_cmd(
     data: DataArg,
     out: OutOpt,
-    n: Annotated[int, typer.Option("-n", min=0, help="Number of rows to draw.")],
+    n: Annotated[int, typer.Option("-n", min=0, metavar="N", help="Number of rows to draw.")],
     seed: SeedOpt = None,
+    absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """N rows drawn at random without replacement (file order kept), in bounded memory."""
     from ..datacopilot import MMDataset
 
-    kept = MMDataset.open(data).sample(n, seed).export(out, force)
-    _done({"rows": kept, "output": str(out), "seed": seed}, json_, f"wrote {kept} rows to {out}")
+    kept = MMDataset.open(data).sample(n, seed).export(out, force, absolute_paths)
+    if kept < n:
+        output.warn(f"asked for {_n(n, 'row')} but {data} has {kept}; wrote all of them")
+    output.emit({"rows": kept, "output": str(out), "seed": seed}, json_, f"wrote {_n(kept, 'row')} to {out}")
 
 
 @app.command("split")
 def split_cmd(
     data: DataArg,
-    outs: Annotated[list[Path], typer.Option("--output", "-o", help="One output per ratio, in order.")],
-    ratios: Annotated[str, typer.Option("--ratios", help="Fractions of the rows, e.g. 0.9,0.1.")] = "0.9,0.1",
+    outs: Annotated[list[Path], typer.Option("--output", "-o", metavar="PATH", help="One output per ratio, in order.")],
+    ratios: Annotated[str, typer.Option("--ratios", metavar="R,R,...", help="Fractions of the rows, e.g. 0.9,0.1.")]
+    = "0.9,0.1",
     seed: SeedOpt = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Write a part that gets no rows.")] = False,
+    absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Split the rows at random into parts of exact sizes by ratio."""
     from ..datacopilot import MMDataset, ops
 
-    counts = ops.split(MMDataset.open(data), outs, ops.parse_ratios(ratios), seed, force)
+    fractions = _ratios(ratios, outs)
+    counts = ops.split(MMDataset.open(data), outs, fractions, seed, force, allow_empty, absolute_paths)
+    for i in ops.empty_parts(counts):
+        output.warn(f"{outs[i]} got no rows")
     parts = [{"output": str(p), "rows": c} for p, c in zip(outs, counts)]
-    _done({"parts": parts, "seed": seed}, json_, ", ".join(f"{p['output']}: {p['rows']} rows" for p in parts))
+    line = ", ".join(f"{p['output']}: {_n(p['rows'], 'row')}" for p in parts)
+    output.emit({"parts": parts, "seed": seed}, json_, line)
+
+
+def _ratios(text: str, outs: list[Path]) -> list[float]:
+    """The fractions of --ratios, one per output; anything else is a usage error."""
+    from ..datacopilot import ops
+    from ..errors import MixError
+
+    try:
+        fractions = ops.parse_ratios(text)
+    except MixError as e:
+        raise typer.BadParameter(f"{e.problem}: {e.fix}", param_hint="--ratios") from None
+    if len(fractions) != len(outs):
+        raise typer.BadParameter(f"{len(fractions)} ratios but {len(outs)} outputs (pass one -o per ratio)",
+                                 param_hint="--ratios")
+    return fractions
 
 
 @app.command("merge")
 def merge_cmd(
-    inputs: Annotated[list[Path], typer.Argument(help="Dataset files to concatenate, in order.")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Dataset files to concatenate, in order.")],
     out: OutOpt,
     to: SchemaOpt = None,
+    absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Concatenate datasets into one file (optionally converting every row to one schema)."""
+    """Concatenate datasets into one file (optionally converting every row to one schema).
+
+    Each file's relative image paths are rewritten to start from the output's folder."""
     from ..datacopilot import MMDataset, convert_file
 
     _check_schema(to)
-    kept = convert_file(inputs, out, to, force)["rows"] if to else MMDataset.open(*inputs).export(out, force)
-    _done({"rows": kept, "output": str(out), "inputs": [str(p) for p in inputs]}, json_,
-          f"wrote {kept} rows from {len(inputs)} files to {out}")
+    if to:
+        kept = convert_file(inputs, out, to, force, absolute_paths)["rows"]
+    else:
+        kept = MMDataset.open(*inputs).export(out, force, absolute_paths)
+    output.emit({"rows": kept, "output": str(out), "inputs": [str(p) for p in inputs]}, json_,
+                f"wrote {_n(kept, 'row')} from {_n(len(inputs), 'file')} to {out}")
 
 
 @app.command("dedup")
 def dedup_cmd(
     data: DataArg,
-    out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write one row per cluster here.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--output", "-o", metavar="PATH", help="Write one row per cluster here.")
+    ] = None,
     exact: Annotated[bool, typer.Option("--exact/--no-exact", help="Same normalised text and image bytes.")] = True,
-    images: Annotated[bool, typer.Option("--images", help="Near-duplicate first images (dHash).")] = False,
-    text: Annotated[bool, typer.Option("--text", help="Near-duplicate text (MinHash LSH).")] = False,
-    hamming: Annotated[int, typer.Option(min=0, max=63, help="Most differing dHash bits of near images.")] = 4,
-    jaccard: Annotated[float, typer.Option(min=0.0, max=1.0, help="Least estimated Jaccard of near text.")] = 0.8,
+    near_images: Annotated[bool, typer.Option("--near-images", help="Near-duplicate first images (dHash).")] = False,
+    near_text: Annotated[bool, typer.Option("--near-text", help="Near-duplicate text (MinHash LSH).")] = False,
+    images_old: Annotated[Optional[bool], typer.Option("--images", hidden=True)] = None,
+    text_old: Annotated[Optional[bool], typer.Option("--text", hidden=True)] = None,
+    hamming: Annotated[
+        int, typer.Option(min=0, max=63, metavar="N", help="Most differing dHash bits of near images.")
+    ] = 4,
+    jaccard: Annotated[float, typer.Option(min=0.0, max=1.0, metavar="J", help="Least estimated Jaccard of near text.")]
+    = 0.8,
     image_root: RootOpt = None,
+    absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -216,24 +313,32 @@ def dedup_cmd(
     from ..datacopilot import MMDataset
     from ..datacopilot.dedup import DedupOptions, dedup
 
+    images = _renamed(near_images, images_old, "--images", "--near-images")
+    text = _renamed(near_text, text_old, "--text", "--near-text")
     opts = DedupOptions(exact=exact, images=images, text=text, hamming=hamming, jaccard=jaccard)
-    summary = dedup(MMDataset.open(data), _root(data, image_root), opts, out, force)
+    summary = dedup(MMDataset.open(data, image_root=image_root), _root(data, image_root), opts, out, force,
+                    absolute_paths)
     output.emit(summary, json_, lambda summary: _show_clusters(summary, out))
 
 
 def _show_clusters(summary: dict, out: Path | None) -> None:
     for c in summary["clusters"]:
         output.result(f"cluster ({', '.join(c['kinds'])}): rows {', '.join(map(str, c['rows']))}; keep {c['keep']}")
-    tail = f"; wrote {summary['kept']} rows to {out}" if out else ""
-    output.result(f"{summary['rows']} rows, {len(summary['clusters'])} clusters, {summary['duplicates']} duplicates"
-                  + tail)
+    tail = f"; wrote {_n(summary['kept'], 'row')} to {out}" if out else ""
+    output.result(f"{_n(summary['rows'], 'row')}, {_n(len(summary['clusters']), 'cluster')}, "
+                  f"{_n(summary['duplicates'], 'duplicate')}" + tail)
 
 
 @app.command("stats")
 def stats_cmd(
     data: DataArg,
-    images: Annotated[bool, typer.Option("--images/--no-images", help="Read image sizes (headers only).")] = True,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write an HTML page with plots here.")] = None,
+    read_images: Annotated[
+        bool, typer.Option("--read-images/--no-read-images", help="Read image sizes (headers only).")
+    ] = True,
+    images_old: Annotated[Optional[bool], typer.Option("--images/--no-images", hidden=True)] = None,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", metavar="PATH", help="Write an HTML page with plots here.")
+    ] = None,
     image_root: RootOpt = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
@@ -243,9 +348,10 @@ def stats_cmd(
     from ..datacopilot.io import check_output
     from ..paths import atomic_write
 
+    read = _renamed(read_images, images_old, "--images/--no-images", "--read-images/--no-read-images")
     if report is not None:
         check_output(report, force, (data,))
-    t = stats.tally(MMDataset.open(data), _root(data, image_root), open_images=images)
+    t = stats.tally(MMDataset.open(data), _root(data, image_root), open_images=read)
     summary = stats.summarize(t)
     if report is not None:
         with atomic_write(report, "w") as f:

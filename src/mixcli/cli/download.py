@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..errors import DownloadError
 from . import output
-from .options import JsonOpt
+from .options import JsonOpt, YesOpt
 
 RevisionOpt = Annotated[
     Optional[str],
@@ -47,17 +49,40 @@ class _Bars:
             bar.close()
 
 
+def _interactive() -> bool:
+    """Whether someone can answer a question: stdin is a terminal."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _confirm_unrunnable(name: str) -> None:
+    """Ask before fetching a model mix cannot run yet (often many GB); refuse when nobody can answer."""
+    from .. import hub
+
+    why = hub.why_not_runnable(hub.lookup(name))
+    if why is None:
+        return
+    if not _interactive():
+        raise DownloadError(f"{why}; not downloading it", "pass --yes to download it anyway")
+    if not typer.confirm(f"{why}. Download it anyway?", err=True):
+        output.log("nothing downloaded")
+        raise typer.Exit(1)
+
+
 def command(
     model: Annotated[str, typer.Argument(help="Alias from models.toml or hub repo id (owner/name).")],
     revision: RevisionOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     local_dir: LocalDirOpt = None,
+    yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Download a model from the hub (or HF_ENDPOINT), resuming and verifying; print its local path last."""
+    """Download a model from the hub (or HF_ENDPOINT), resuming and verifying; print its local path last.
+    Asks first when mix cannot run the model yet; the network waits MIX_HTTP_TIMEOUT seconds (10) per try."""
     from .. import hub
 
+    if not yes:
+        _confirm_unrunnable(model)
     bars = _Bars()
     try:
         result = hub.fetch_model(model, revision, include, exclude, local_dir, progress=bars)

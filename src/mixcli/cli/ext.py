@@ -12,6 +12,14 @@ from .options import JsonOpt
 app = typer.Typer(help="The compiled fused ops (ext/): build, status, clean.", no_args_is_help=True)
 
 
+def _paddle():
+    """Paddle through the runtime, before anything of mixcli.ext imports it bare: the runtime's import is
+    the one that hides Paddle's "No ccache found" warning (mix builds in its own cache) and sets threads."""
+    from ..runtime import import_paddle
+
+    return import_paddle()
+
+
 def _summary(report: dict) -> str:
     ready = [op for op, state in report["ops"].items() if state in ("loadable", "built")]
     devices = "+".join(report["devices"]) or "-"
@@ -25,11 +33,11 @@ def build_command(
     json_: JsonOpt = False,
 ) -> None:
     """Compile the fused ops for this machine (CPU; CUDA too where Paddle has CUDA and nvcc exists)."""
+    paddle = _paddle()
     from ..ext import build
     from ..ext.status import status
-    from ..runtime import import_paddle
 
-    build.build(import_paddle(), force=force, retry=True, notify=output.log, verbose=verbose)
+    build.build(paddle, force=force, retry=True, notify=output.log, verbose=verbose)
     report = status()
     output.emit(report, json_, _summary(report))
 
@@ -37,6 +45,7 @@ def build_command(
 @app.command("status")
 def status_command(json_: JsonOpt = False) -> None:
     """Each op: loadable, built, broken or missing; the compiler and the cache folder."""
+    _paddle()
     from ..ext.status import status
 
     output.emit(status(), json_, _show_status)
@@ -56,6 +65,7 @@ def clean_command() -> None:
     """Delete every cached build (the next use builds again)."""
     import shutil
 
+    _paddle()
     from ..ext.build import cache_root
 
     root = cache_root()

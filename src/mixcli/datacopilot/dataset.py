@@ -21,17 +21,20 @@ class MMDataset:
         self.paths = paths
 
     @classmethod
-    def open(cls, *paths: str | Path) -> "MMDataset":
-        """The rows of one or more files, in order (row numbers continue across files)."""
+    def open(cls, *paths: str | Path, image_root: str | Path | None = None) -> "MMDataset":
+        """The rows of one or more files, in order (row numbers continue across files).
+
+        Each row's relative image paths start from its file's folder, or from ``image_root`` when given.
+        """
         paths = tuple(Path(p) for p in paths)
 
         def source() -> Iterator[Record]:
             offset = 0
             for path in paths:
-                last = 0
+                last, root = 0, Path(image_root or path.resolve().parent).resolve()
                 for rec in read_records(path):
                     last = rec.row
-                    yield rec._replace(row=rec.row + offset)
+                    yield rec._replace(row=rec.row + offset, root=root)
                 offset += last
 
         return cls(source, paths)
@@ -85,12 +88,19 @@ class MMDataset:
         """Number of readable rows (reads the whole stream)."""
         return sum(1 for _ in self)
 
-    def export(self, path: str | Path, force: bool = False) -> int:
-        """Write the readable rows to ``path`` (format by suffix) atomically; returns the number written."""
+    def readable(self) -> Iterator[Record]:
+        """The records that could be read."""
+        return (rec for rec in self._source() if rec.error is None)
+
+    def export(self, path: str | Path, force: bool = False, absolute_paths: bool = False) -> int:
+        """Write the readable rows to ``path`` (format by suffix) atomically; returns the number written.
+
+        Relative image paths are rewritten for the output's folder (made absolute with ``absolute_paths``).
+        """
         n = 0
-        with open_writer(path, force, inputs=self.paths) as write:
-            for row in self:
-                write(row)
+        with open_writer(path, force, self.paths, absolute_paths) as write:
+            for rec in self.readable():
+                write(rec.data, rec.root)
                 n += 1
         return n
 

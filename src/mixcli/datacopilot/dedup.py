@@ -192,18 +192,20 @@ def find_clusters(feats: Features, opts: DedupOptions) -> list[dict]:
             for root, group in members.items() if len(group) > 1]
 
 
-def dedup(ds: MMDataset, root: Path, opts: DedupOptions, out: Path | None = None, force: bool = False) -> dict:
-    """Find duplicate clusters; with ``out``, write every row but the non-first members of each cluster."""
+def dedup(ds: MMDataset, root: Path, opts: DedupOptions, out: Path | None = None, force: bool = False,
+          absolute_paths: bool = False) -> dict:
+    """Find duplicate clusters; with ``out``, write every row but the non-first members of each cluster
+    (relative image paths rewritten for the output's folder, or made absolute)."""
     feats = collect(ds, root, opts)
     clusters = find_clusters(feats, opts)
     drop = {r for c in clusters for r in c["rows"] if r != c["keep"]}
     summary = {"rows": len(feats.rows), "clusters": clusters, "duplicates": len(drop), "kept": None}
     if out is not None:
         kept = 0
-        with open_writer(out, force, ds.paths) as write:
-            for rec in ds.records():
-                if rec.error is None and rec.row not in drop:
-                    write(rec.data)
+        with open_writer(out, force, ds.paths, absolute_paths) as write:
+            for rec in ds.readable():
+                if rec.row not in drop:
+                    write(rec.data, rec.root)
                     kept += 1
         summary["kept"] = kept
     return summary

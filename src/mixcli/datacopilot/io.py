@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from ..errors import InputError, MixError
 from ..paths import atomic_write
+from .relocate import Relocator
 
 FORMATS = ("json", "jsonl", "parquet")
 _SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -16,12 +17,14 @@ PARQUET_BATCH = 2048
 
 
 class Record(NamedTuple):
-    """One row as read: its 1-based number, the parsed value (None when unreadable) and why not."""
+    """One row as read: its 1-based number, the parsed value (None when unreadable) and why not, and the
+    folder its relative image paths start from (None for rows made in memory)."""
 
     row: int
     data: Any
     error: str | None = None
     raw: str | None = None
+    root: Path | None = None
 
 
 def file_format(path: Path) -> str:
@@ -139,18 +142,28 @@ def check_output(path: str | Path, force: bool, inputs: tuple = ()) -> Path:
 
 
 @contextmanager
-def open_writer(path: str | Path, force: bool = False, inputs: tuple = ()) -> Iterator[Callable[[Any], None]]:
-    """A ``write(row)`` function whose rows land in ``path`` atomically when the block succeeds."""
+def open_writer(path: str | Path, force: bool = False, inputs: tuple = (),
+                absolute_paths: bool = False) -> Iterator[Callable[..., None]]:
+    """A ``write(row, root=None)`` function whose rows land in ``path`` atomically when the block succeeds.
+
+    Given the folder ``root`` a row's relative image paths start from, ``write`` rewrites them to start
+    from the output's folder (or makes them absolute with ``absolute_paths``), so they still resolve.
+    """
     path = check_output(path, force, inputs)
-    fmt = _SUFFIXES.get(path.suffix.lower(), "jsonl")
-    with atomic_write(path, "wb") as f:
-        if fmt == "parquet":
-            with _ParquetSink(f) as sink:
-                yield sink.write
-        elif fmt == "json":
-            yield from _json_array_writer(f)
-        else:
-            yield lambda row: f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+    relocate = Relocator(path, absolute_paths)
+    with atomic_write(path, "wb") as f, _format_writer(f, _SUFFIXES.get(path.suffix.lower(), "jsonl")) as put:
+        yield lambda row, root=None: put(relocate(row, root))
+
+
+@contextmanager
+def _format_writer(f, fmt: str) -> Iterator[Callable[[Any], None]]:
+    if fmt == "parquet":
+        with _ParquetSink(f) as sink:
+            yield sink.write
+    elif fmt == "json":
+        yield from _json_array_writer(f)
+    else:
+        yield lambda row: f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
 
 
 def _json_array_writer(f) -> Iterator[Callable[[Any], None]]:

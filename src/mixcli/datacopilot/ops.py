@@ -156,18 +156,53 @@ def split_assignment(n: int, ratios: list[float], seed: int | None) -> list[int]
     return parts
 
 
-def split(ds: MMDataset, outputs: list[Path], ratios: list[float], seed: int | None, force: bool) -> list[int]:
-    """Write the rows into ``outputs`` by ``ratios``, in file order within each; returns each part's size."""
+def empty_parts(sizes: list[int]) -> list[int]:
+    """Indices of the parts that get no row."""
+    return [i for i, size in enumerate(sizes) if size == 0]
+
+
+def split(ds: MMDataset, outputs: list[Path], ratios: list[float], seed: int | None, force: bool,
+          allow_empty: bool = False, absolute_paths: bool = False) -> list[int]:
+    """Write the rows into ``outputs`` by ``ratios``, in file order within each; returns each part's size.
+
+    A part that would get no row is refused before anything is written, unless ``allow_empty``.
+    """
     if len(outputs) != len(ratios):
         raise MixError(f"{len(ratios)} ratios but {len(outputs)} outputs", "pass one -o per ratio")
-    parts = split_assignment(ds.count(), ratios, seed)
-    counts = [0] * len(outputs)
+    n = ds.count()
+    parts = split_assignment(n, ratios, seed)
+    sizes = [parts.count(i) for i in range(len(outputs))]
+    empty = empty_parts(sizes)
+    if empty and not allow_empty:
+        names = ", ".join(str(outputs[i]) for i in empty)
+        raise MixError(f"{names} would get no rows ({n} row{'' if n == 1 else 's'} split by the ratios)",
+                       "change --ratios, or pass --allow-empty to write empty parts")
     with ExitStack() as stack:
-        writers = [stack.enter_context(open_writer(p, force, ds.paths)) for p in outputs]
-        for part, row in zip(parts, ds):
-            writers[part](row)
-            counts[part] += 1
+        writers = [stack.enter_context(open_writer(p, force, ds.paths, absolute_paths)) for p in outputs]
+        for part, rec in zip(parts, ds.readable()):
+            writers[part](rec.data, rec.root)
+    return sizes
+
+
+def census(ds: MMDataset) -> dict:
+    """Rows read, rows of no known schema among them, and rows that could not be read."""
+    counts = {"rows": 0, "no_schema": 0, "unreadable": 0}
+    for rec in ds.records():
+        if rec.error:
+            counts["unreadable"] += 1
+            continue
+        counts["rows"] += 1
+        counts["no_schema"] += canonical_or_none(rec.data) is None
     return counts
+
+
+def filter_file(ds: MMDataset, pred: RowFilter, out: Path, force: bool = False, workers: int = 1,
+                absolute_paths: bool = False) -> dict:
+    """Keep the rows meeting ``pred``; says how many rows of no schema and unreadable rows were dropped."""
+    kept = ds.filter(pred, workers=workers).export(out, force, absolute_paths)
+    counts = census(ds)
+    return {"input_rows": counts["rows"], "rows": kept, "output": str(out),
+            "dropped_no_schema": counts["no_schema"], "dropped_unreadable": counts["unreadable"]}
 
 
 def _converted(row: Any, to: str) -> dict | None:
@@ -181,17 +216,21 @@ def _converted(row: Any, to: str) -> dict | None:
         return None
 
 
-def convert_file(inputs: Path | list[Path], out: Path, to: str, force: bool = False) -> dict:
-    """Rows of ``inputs`` rewritten in schema ``to``; unreadable rows and rows of no schema are skipped."""
+def convert_file(inputs: Path | list[Path], out: Path, to: str, force: bool = False,
+                 absolute_paths: bool = False) -> dict:
+    """Rows of ``inputs`` rewritten in schema ``to``; unreadable rows and rows of no schema are skipped.
+
+    Relative image paths are rewritten for the output's folder (made absolute with ``absolute_paths``).
+    """
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     ds = MMDataset.open(*paths)
     written, skipped = 0, 0
-    with open_writer(out, force, ds.paths) as write:
+    with open_writer(out, force, ds.paths, absolute_paths) as write:
         for rec in ds.records():
             row = None if rec.error else _converted(rec.data, to)
             if row is None:
                 skipped += 1
                 continue
-            write(row)
+            write(row, rec.root)
             written += 1
     return {"rows": written, "skipped": skipped, "output": str(out), "to": to}

@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Iterator
 
 from .images import inspect, is_url, resolve
 from .io import Record, open_writer
+from .relocate import Relocator
 from .schema import IMAGE_TOKEN, SchemaError, detect, to_canonical
 
 IMAGE_CHECKS = ("open", "exists", "skip")
@@ -103,15 +104,18 @@ def validate(records: Iterable[Record], root: Path, images: str = "open") -> Ite
 
 def run_validate(records: Iterable[Record], root: Path, images: str = "open", good: Path | None = None,
                  rejects: Path | None = None, force: bool = False, inputs: tuple = (),
-                 on_problem: Callable[[dict], None] | None = None, keep: int = 1000) -> dict:
+                 on_problem: Callable[[dict], None] | None = None, keep: int = 1000,
+                 absolute_paths: bool = False) -> dict:
     """Check every record, optionally writing good rows to ``good`` and bad ones with reasons to ``rejects``.
 
+    Relative image paths in both outputs are rewritten for their folders (or made absolute).
     Returns the summary with at most ``keep`` problems listed (all are passed to ``on_problem``).
     """
     summary = {"rows": 0, "good": 0, "bad": 0, "warnings": 0, "schemas": {}, "problems_total": 0, "problems": []}
     with ExitStack() as stack:
-        write_good = stack.enter_context(open_writer(good, force, inputs)) if good else None
+        write_good = stack.enter_context(open_writer(good, force, inputs, absolute_paths)) if good else None
         write_bad = stack.enter_context(open_writer(rejects, force, inputs)) if rejects else None
+        relocate_bad = Relocator(rejects, absolute_paths) if rejects else None
         for rec, report in validate(records, root, images):
             _tally(summary, report)
             for problem in _problems(report):
@@ -121,10 +125,10 @@ def run_validate(records: Iterable[Record], root: Path, images: str = "open", go
                 if len(summary["problems"]) < keep:
                     summary["problems"].append(problem)
             if report.ok and write_good:
-                write_good(rec.data)
+                write_good(rec.data, rec.root)
             elif not report.ok and write_bad:
-                write_bad({"row": rec.row, "reasons": report.errors,
-                           "data": rec.data if rec.error is None else rec.raw})
+                data = relocate_bad(rec.data, rec.root) if rec.error is None else rec.raw
+                write_bad({"row": rec.row, "reasons": report.errors, "data": data})
     return summary
 
 

@@ -306,10 +306,9 @@ def _build_locked(paddle, tools: Toolchain, target: Build, notify, verbose: bool
 @lru_cache(maxsize=None)
 def register(library: str) -> tuple[str, ...]:
     """Register the custom ops of a built library with Paddle (once per process and path)."""
-    import warnings
+    from ..runtime import import_paddle
 
-    with warnings.catch_warnings():  # the module warns about ccache on import; we build elsewhere
-        warnings.filterwarnings("ignore", message="No ccache found")
-        from paddle.utils.cpp_extension.extension_utils import load_op_meta_info_and_register_op
+    import_paddle()  # first, so Paddle's cpp_extension is imported without its ccache warning (mix needs none)
+    from paddle.utils.cpp_extension.extension_utils import load_op_meta_info_and_register_op
 
     return tuple(load_op_meta_info_and_register_op(library))
