@@ -317,3 +317,10 @@ def test_chat_bad_sampling_settings_fail_before_loading(cli, fake):
     result = cli("chat", fake.dir, "--temperature", "-1", input="Hi?\n")
     assert error_line(result) == "error: --temperature must be >= 0 (use 0 for greedy decoding)"
     assert result.stdout == "" and fake.loads == []
+
+
+def test_infer_without_a_question_is_a_usage_error_before_loading(cli, fake, photo):
+    result = cli("infer", fake.dir, str(photo))
+    assert result.exit_code == 2, result.stderr
+    assert "needs a question" in result.stderr and "-q" in result.stderr
+    assert fake.loads == [] and result.stdout == ""

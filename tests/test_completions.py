@@ -68,3 +68,29 @@ def test_app_completes_options():
     env = {"_MIX_COMPLETE": "complete_bash", "COMP_WORDS": "mix check-env --j", "COMP_CWORD": "2"}
     result = CliRunner().invoke(app, [], env=env, prog_name="mix")
     assert result.stdout.split() == ["--json"]
+
+
+def _complete(words: str) -> list[str]:
+    from typer.testing import CliRunner
+
+    from mixcli.cli.app import app
+
+    env = {"_MIX_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+    return CliRunner().invoke(app, [], env=env, prog_name="mix").stdout.split()
+
+
+@pytest.mark.parametrize("words, expected", [
+    ("mix datacopilot convert x.jsonl --to o", ["openai"]),
+    ("mix datacopilot merge a.jsonl --to l", ["llava"]),
+    ("mix generate m p --scheduler dpm", ["dpm++2m", "dpm++2m-karras"]),
+    ("mix infer m --dtype b", ["bfloat16"]),
+    ("mix chat m --dtype f", ["float16", "float32"]),
+    ("mix infer m --device c", ["cpu"]),
+    ("mix infer internvl2-", None),
+])
+def test_values_complete(words, expected):
+    got = _complete(words)
+    if expected is None:  # model aliases from models.toml
+        assert "internvl2-1b" in got and all(g.startswith("internvl2-") for g in got), got
+    else:
+        assert sorted(got) == expected, got

@@ -10,6 +10,7 @@ import typer
 
 from .. import __version__
 from . import output
+from .command import MixCommand
 from .errors import handle_errors, stdout_failure
 
 # Only commands that work are registered: (module under mixcli.cli, command name).
@@ -25,6 +26,7 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -49,11 +51,12 @@ def main_options(
 def _register() -> None:
     for module, name in COMMANDS:
         mod = import_module(f"mixcli.cli.{module}")
-        app.command(name=name)(handle_errors(mod.command))
+        app.command(name=name, cls=MixCommand)(handle_errors(mod.command))
     for module, name in GROUPS:
         mod = import_module(f"mixcli.cli.{module}")
         for command in mod.app.registered_commands:
             command.callback = handle_errors(command.callback)
+            command.cls = MixCommand
         app.add_typer(mod.app, name=name)
 
 

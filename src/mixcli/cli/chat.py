@@ -103,7 +103,9 @@ def command(
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
 ) -> None:
-    """Chat with a vision-language model; reads one message per line when stdin is not a terminal."""
+    """Chat with a vision-language model about images.
+
+    Reads one message per line when stdin is not a terminal."""
     from ..images import load_image
     from ..video import probe
     from ..vlm import ChatSession, VideoOptions, check_model, load_vlm, read_clip, split_inputs

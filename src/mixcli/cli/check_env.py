@@ -11,7 +11,9 @@ STYLES = {"error": "bold red", "warning": "yellow", "note": "dim"}
 
 
 def command(json_: JsonOpt = False) -> None:
-    """Check the environment: Paddle build and devices, ext ops, packages, cache; exit 1 when Paddle is unusable."""
+    """Check Python, Paddle, devices, ext ops, packages and cache.
+
+    Each problem comes with its fix; exit 1 when Paddle is unusable."""
     from rich.table import Table
 
     from ..envcheck import collect, summary_rows

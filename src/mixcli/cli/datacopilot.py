@@ -11,7 +11,7 @@ import typer
 from . import output
 from .options import JsonOpt, SeedOpt
 
-app = typer.Typer(help="Validate, convert, filter and profile multimodal training data.", no_args_is_help=True)
+app = typer.Typer(help="Validate, convert, filter and profile training data.", no_args_is_help=True)
 
 DataArg = Annotated[Path, typer.Argument(metavar="PATH", help="Dataset file: .json (array), .jsonl or .parquet.")]
 OutOpt = Annotated[
@@ -31,7 +31,7 @@ AbsolutePathsOpt = Annotated[
 SchemaOpt = Annotated[
     Optional[str],
     typer.Option("--to", metavar="SCHEMA", help="Write rows in this schema: mm, mix, llava, openai.",
-                 autocompletion=lambda incomplete: [s for s in _schemas() if s.startswith(incomplete)]),
+                 autocompletion=lambda incomplete: _complete_schema(incomplete)),
 ]
 
 
@@ -44,6 +44,10 @@ def _schemas() -> tuple[str, ...]:
     from ..datacopilot.schema import SCHEMAS
 
     return SCHEMAS
+
+
+def _complete_schema(incomplete: str) -> list[str]:
+    return [name for name in _schemas() if name.startswith(incomplete)]
 
 
 def _check_schema(to: str | None) -> None:
@@ -67,7 +71,9 @@ def _n(count: int, noun: str) -> str:
 
 @app.command("info")
 def info_cmd(data: DataArg, image_root: RootOpt = None, json_: JsonOpt = False) -> None:
-    """Rows, schemas detected, fields, and images referenced / missing / URLs."""
+    """Rows, schemas, fields and images of a dataset.
+
+    Images are counted as referenced, missing and URLs."""
     from ..datacopilot import MMDataset, ops
 
     summary = {"path": str(data), **ops.info(MMDataset.open(data), _root(data, image_root))}
@@ -136,13 +142,16 @@ def validate_cmd(
 @app.command("convert")
 def convert_cmd(
     data: DataArg,
-    to: Annotated[str, typer.Option("--to", metavar="SCHEMA", help="Target schema: mm, mix, llava, openai.")],
+    to: Annotated[str, typer.Option("--to", metavar="SCHEMA", help="Target schema: mm, mix, llava, openai.",
+                                    autocompletion=_complete_schema)],
     out: OutOpt,
     absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Rewrite every row in another schema (rows of no known schema are skipped and counted)."""
+    """Rewrite every row in another schema.
+
+    Rows of no known schema are skipped and counted."""
     from ..datacopilot import convert_file
 
     _check_schema(to)
@@ -193,7 +202,9 @@ def filter_cmd(
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Keep the rows meeting every condition given (rows with unusable images fail image conditions)."""
+    """Keep the rows meeting every condition given.
+
+    Rows with unusable images fail image conditions."""
     from ..datacopilot import MMDataset, ops
 
     bounds = {k: v for k, v in locals().items() if k.startswith(("min_", "max_"))}
@@ -217,7 +228,9 @@ def sample_cmd(
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """N rows drawn at random without replacement (file order kept), in bounded memory."""
+    """Draw N rows at random, without replacement.
+
+    The file order is kept; memory stays bounded."""
     from ..datacopilot import MMDataset
 
     kept = MMDataset.open(data).sample(n, seed).export(out, force, absolute_paths)
@@ -274,7 +287,9 @@ def merge_cmd(
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Concatenate datasets into one file (optionally converting every row to one schema).
+    """Concatenate datasets into one file.
+
+    Optionally converts every row to one schema.
 
     Each file's relative image paths are rewritten to start from the output's folder."""
     from ..datacopilot import MMDataset, convert_file
@@ -309,7 +324,9 @@ def dedup_cmd(
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Print clusters of duplicate rows; with -o keep the first row of each cluster."""
+    """Find clusters of duplicate rows.
+
+    With -o, keeps the first row of each cluster."""
     from ..datacopilot import MMDataset
     from ..datacopilot.dedup import DedupOptions, dedup
 
@@ -343,7 +360,9 @@ def stats_cmd(
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Counts, turns per row, text lengths, images per row and image sizes."""
+    """Counts and distributions of a dataset.
+
+    Turns per row, text lengths, images per row and image sizes; --report writes them as an HTML page."""
     from ..datacopilot import MMDataset, stats
     from ..datacopilot.io import check_output
     from ..paths import atomic_write

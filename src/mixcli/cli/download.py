@@ -77,8 +77,10 @@ def command(
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Download a model from the hub (or HF_ENDPOINT), resuming and verifying; print its local path last.
-    Asks first when mix cannot run the model yet; the network waits MIX_HTTP_TIMEOUT seconds (10) per try."""
+    """Download a model from the hub, resuming and verifying it.
+
+    From the hub or HF_ENDPOINT; prints the model's local path last. Asks first when mix cannot run the
+    model yet; the network waits MIX_HTTP_TIMEOUT seconds (10) per try."""
     from .. import hub
 
     if not yes:

@@ -32,7 +32,9 @@ def build_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the compiler's output.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Compile the fused ops for this machine (CPU; CUDA too where Paddle has CUDA and nvcc exists)."""
+    """Compile the fused ops for this machine.
+
+    For the CPU; for CUDA too where Paddle has CUDA and nvcc exists."""
     paddle = _paddle()
     from ..ext import build
     from ..ext.status import status
@@ -44,7 +46,9 @@ def build_command(
 
 @app.command("status")
 def status_command(json_: JsonOpt = False) -> None:
-    """Each op: loadable, built, broken or missing; the compiler and the cache folder."""
+    """Each op's state, the compiler and the cache folder.
+
+    An op is loadable, built, broken or missing."""
     _paddle()
     from ..ext.status import status
 

@@ -51,7 +51,7 @@ def command(
     out: Annotated[
         Optional[str],
         typer.Option(
-            "--out", "-o", metavar="PATH",
+            "--output", "-o", "--out", metavar="PATH",
             help="PNG to write, in an existing folder (default: mix-SEED.png in the current folder; several images: "
             "NAME-1.png, NAME-2.png, ...).",
         ),
@@ -59,36 +59,38 @@ def command(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")] = False,
     steps: Annotated[int, typer.Option("--steps", min=1, metavar="N", help="Denoising steps.")] = 50,
     guidance: Annotated[
-        Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale; 1 turns it off (default 7.5, SDXL 5).")
+        Optional[float], typer.Option("--guidance", metavar="G", help="Classifier-free guidance scale; 1 turns it off (default 7.5, SDXL 5).")
     ] = None,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What to steer away from.")] = None,
-    size: Annotated[Optional[str], typer.Option("--size", help="WxH, multiples of 8 (default: the model's native size).")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="WxH, multiples of 8 (default: the model's native size).")] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, help="Images to make from the prompt.")] = 1,
     scheduler: Annotated[
         Optional[str],
         typer.Option(
-            "--scheduler", callback=_check_scheduler, autocompletion=_complete_scheduler,
+            "--scheduler", metavar="NAME", callback=_check_scheduler, autocompletion=_complete_scheduler,
             help="ddim, euler, euler-a, dpm++2m, dpm++2m-karras, lcm, pndm (default: the checkpoint's).",
         ),
     ] = None,
     seed: SeedOpt = None,
     latents: Annotated[
-        Optional[str], typer.Option("--latents", help="Initial noise, float32 .npy of shape (N, 4, H/8, W/8), unscaled.")
+        Optional[str], typer.Option("--latents", metavar="PATH", help="Initial noise, float32 .npy of shape (N, 4, H/8, W/8), unscaled.")
     ] = None,
-    image: Annotated[Optional[str], typer.Option("--image", help="Start from this image (image-to-image).")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", metavar="PATH", help="Start from this image (image-to-image).")] = None,
     strength: Annotated[
-        float, typer.Option("--strength", callback=_check_strength, help="Image-to-image: how much of the image to redraw (0-1].")
+        float, typer.Option("--strength", metavar="S", callback=_check_strength, help="Image-to-image: how much of the image to redraw (0-1].")
     ] = 0.8,
-    variant: Annotated[Optional[str], typer.Option("--variant", help="Weights variant to load, e.g. fp16.")] = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", metavar="NAME", help="Weights variant to load, e.g. fp16.")] = None,
     config: Annotated[
-        Optional[str], typer.Option("--config", help="Single-file checkpoints: a diffusers folder with the configs and tokenizers.")
+        Optional[str], typer.Option("--config", metavar="DIR", help="Single-file checkpoints: a diffusers folder with the configs and tokenizers.")
     ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Generate images from a text prompt with a Stable Diffusion model; writes PNGs with their settings in the metadata."""
+    """Draw images from a text prompt with Stable Diffusion.
+
+    Writes PNGs that record their settings in the metadata."""
     from ..diffusion.pipeline import Request, check_outputs, output_paths
 
     request = Request(

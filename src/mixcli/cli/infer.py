@@ -17,7 +17,7 @@ from .options import (
     DtypeOpt,
     FpsOpt,
     FramesOpt,
-    JsonOpt,
+    JsonLinesOpt,
     MaxFramesOpt,
     MaxNewTokensOpt,
     MaxPixelsOpt,
@@ -56,7 +56,7 @@ QuestionOpt = Annotated[
 BatchOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--batch",
+        "--batch", metavar="PATH",
         help='JSONL requests, one {"images": [...], "question": "..."} per line (optionally "video": PATH); '
         "- for stdin.",
     ),
@@ -83,9 +83,11 @@ def command(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
-    json_output: JsonOpt = False,
+    json_output: JsonLinesOpt = False,
 ) -> None:
-    """Answer a question about images or a video (vision-language models), or read their text (OCR models)."""
+    """Ask a model about images or a video, or read their text.
+
+    Vision-language models answer the question (-q); OCR models print the text lines they read."""
     if batch is not None and (images or video is not None):
         raise typer.BadParameter(
             "a batch file brings its own images; drop the IMAGE/--video arguments or --batch", param_hint="'--batch'"
@@ -108,8 +110,9 @@ def command(
 
 def _question(question: str | None, images: list[str]) -> str:
     """The question text; `-q -` reads it from stdin."""
-    if question is None:
-        raise MixError("no question given", 'pass one with -q "..." (or -q - to read it from stdin)')
+    if question is None:  # a usage error (exit 2); only known once the model is known not to be OCR
+        raise typer.BadParameter('this model needs a question: pass -q "..." (or -q - to read it from stdin)',
+                                 param_hint="'-q' / '--question'")
     if question == "-":
         if "-" in images:
             raise MixError("stdin cannot hold both the image and the question", "pass the image as a file")

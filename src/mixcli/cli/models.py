@@ -27,7 +27,9 @@ def _table(rows: list[dict]) -> None:
 
 @app.command("list")
 def list_models(json_: JsonOpt = False) -> None:
-    """Every alias of models.toml with its repo, family, task, whether mix runs it yet, and what is on disk."""
+    """Every known model: repo, family, task, runs, on disk.
+
+    The aliases of models.toml, whether mix runs each yet, and what is on disk."""
     from ..hub import listing
 
     output.emit(listing(), json_, _table)

@@ -54,6 +54,11 @@ DtypeOpt = Annotated[
 ]  # fmt: skip
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Random seed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+JsonLinesOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print JSON on stdout: one object per request, so JSON Lines (one object a line) "
+                 "for --batch and for several images read by an OCR model."),
+]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 AllowPickleOpt = Annotated[
     bool,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from rich.console import Console
 
 # rich honours NO_COLOR and drops styling when the stream is not a terminal.
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)  # a long line stays one line in logs
 stdout = Console(highlight=False, soft_wrap=True)
 
 
@@ -43,7 +43,7 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     """The one-line error on stderr."""
-    stderr.print(f"error: {message}", style="bold red", markup=False, soft_wrap=True)
+    stderr.print(f"error: {message}", style="bold red", markup=False)
 
 
 def emit(record: Any, as_json: bool, human: Callable[[Any], None] | str | None = None) -> None:
