@@ -60,3 +60,10 @@ def test_the_command_lists_fit_without_ellipses(cli, group):
     listed = result.stdout.split("Commands:")[1]
     assert "..." not in listed, listed
     assert all(len(line) <= 80 for line in listed.splitlines())
+
+
+def test_split_counts_its_outputs_in_words(cli, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": 1, "conversations": []}\n')
+    result = cli("datacopilot", "split", str(data), "--ratios", "0.5,0.5", "-o", str(tmp_path / "a.jsonl"))
+    assert result.exit_code == 2 and "2 ratios but 1 output " in result.stderr, result.stderr

@@ -273,7 +273,9 @@ def _ratios(text: str, outs: list[Path]) -> list[float]:
     except MixError as e:
         raise typer.BadParameter(f"{e.problem}: {e.fix}", param_hint="--ratios") from None
     if len(fractions) != len(outs):
-        raise typer.BadParameter(f"{len(fractions)} ratios but {len(outs)} outputs (pass one -o per ratio)",
+        from ..datacopilot.words import plural
+
+        raise typer.BadParameter(f"{plural(len(fractions), 'ratio')} but {plural(len(outs), 'output')} (pass one -o per ratio)",
                                  param_hint="--ratios")
     return fractions
 

@@ -14,6 +14,7 @@ from .dataset import MMDataset
 from .images import inspect, is_url, resolve
 from .io import open_writer
 from .schema import IMAGE_TOKEN, detect, to_canonical
+from .words import plural
 
 
 def canonical_or_none(row: Any) -> dict | None:
@@ -168,7 +169,7 @@ def split(ds: MMDataset, outputs: list[Path], ratios: list[float], seed: int | N
     A part that would get no row is refused before anything is written, unless ``allow_empty``.
     """
     if len(outputs) != len(ratios):
-        raise MixError(f"{len(ratios)} ratios but {len(outputs)} outputs", "pass one -o per ratio")
+        raise MixError(f"{plural(len(ratios), 'ratio')} but {plural(len(outputs), 'output')}", "pass one -o per ratio")
     n = ds.count()
     parts = split_assignment(n, ratios, seed)
     sizes = [parts.count(i) for i in range(len(outputs))]
