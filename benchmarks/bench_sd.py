@@ -1,9 +1,10 @@
 """Stable Diffusion 1.5 at its real size with random weights, fp32 on CPU: one UNet step on 512x512 latents with
-guidance (latents (2, 4, 64, 64), text (2, 77, 768)) and one VAE decode (1, 4, 64, 64) -> (1, 3, 512, 512), mix
+guidance (latents (2, 4, 64, 64), text (2, 77, 768)), one ControlNet step (lllyasviel/sd-controlnet-canny's
+configuration, then the UNet with its residuals) and one VAE decode (1, 4, 64, 64) -> (1, 3, 512, 512), mix
 (Paddle) against diffusers on the same safetensors, side by side in one run: each side runs in its own process
 (so neither framework's threads or allocator disturb the other, and each one's peak RSS is its own), and the
 two take turns round by round. Prints the times, their ratio, the outputs' largest difference and the peak RSS.
-Needs about 9 GB of RAM.
+Needs about 12 GB of RAM (the ControlNet step: UNet and ControlNet on each side).
 
     python -m pytest benchmarks/bench_sd.py --benchmark-only -s
 """
@@ -11,6 +12,7 @@ Needs about 9 GB of RAM.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +34,12 @@ SD15_VAE = {
     "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
     "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 512,
 }  # fmt: skip
+# lllyasviel/sd-controlnet-canny's config.json (the fields that shape the net): the UNet's encoder.
+SD15_CONTROLNET = {
+    "in_channels": 4, "conditioning_channels": 3, "layers_per_block": 2, "block_out_channels": [320, 640, 1280, 1280],
+    "attention_head_dim": 8, "cross_attention_dim": 768, "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "conditioning_embedding_out_channels": [16, 32, 96, 256], "norm_num_groups": 32,
+}  # fmt: skip
 ROUNDS = 3
 
 
@@ -46,6 +54,20 @@ def write(folder: str) -> None:
         unet.conv_out.weight.normal_(0.0, 0.02)
     unet.save_pretrained(folder + "/unet", safe_serialization=True)
     AutoencoderKL(**SD15_VAE).save_pretrained(folder + "/vae", safe_serialization=True)
+    write_controlnet(folder)
+
+
+def write_controlnet(folder: str) -> None:
+    """A random SD1.5 ControlNet, its zero-initialised convolutions given values so its residuals are real."""
+    import torch
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel(**SD15_CONTROLNET)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                param.normal_(0.0, 0.02)
+    net.save_pretrained(folder + "/controlnet", safe_serialization=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +77,10 @@ def checkpoint(tmp_path_factory):
 
 
 def inputs(part: str) -> tuple:
-    """UNet: latents, timestep, text states; VAE: latents."""
+    """UNet: latents, timestep, text states; ControlNet: the same and a 512x512 control image; VAE: latents."""
     rng = np.random.default_rng(0)
+    if part == "controlnet":
+        return (*inputs("unet"), rng.random((1, 3, 512, 512), dtype=np.float32))
     if part == "unet":
         latents = rng.standard_normal((2, 4, 64, 64), dtype=np.float32)
         return latents, 981.0, rng.standard_normal((2, 77, 768), dtype=np.float32)
@@ -72,6 +96,10 @@ def mix_runner(part: str, path: Path):
     from mixcli.diffusion.vae import build_vae
     from mixcli.weights import open_checkpoint
 
+    if part == "controlnet":
+        return mix_controlnet_runner(paddle, path)
+    if part == "unet-lora":
+        return mix_lora_runner(paddle, path.parent / "unet")
     build = build_unet if part == "unet" else build_vae
     model = build(json.loads((path / "config.json").read_text()), open_checkpoint(path))
     args = [paddle.to_tensor(a) if isinstance(a, np.ndarray) else a for a in inputs(part)]
@@ -79,6 +107,43 @@ def mix_runner(part: str, path: Path):
     def run() -> np.ndarray:
         with paddle.no_grad():
             return (model(*args) if part == "unet" else model.decode(*args)).numpy()
+
+    return run
+
+
+LORA_TARGETS = re.compile(r"\.(to_[qkv]|to_out\.0|ff\.net\.0\.proj|ff\.net\.2)\.weight$")
+
+
+def random_lora(weights, rank: int = 16) -> dict[str, np.ndarray]:
+    """A PEFT-named rank-16 LoRA over every attention and feed-forward linear of the UNet."""
+    rng = np.random.default_rng(0)
+    lora = {}
+    for name in filter(LORA_TARGETS.search, weights):
+        rows, cols = weights[name].shape
+        module = "unet." + name.removesuffix(".weight")
+        lora[f"{module}.lora_A.weight"] = rng.standard_normal((rank, cols), dtype=np.float32) * 0.01
+        lora[f"{module}.lora_B.weight"] = rng.standard_normal((rows, rank), dtype=np.float32) * 0.01
+    return lora
+
+
+def mix_lora_runner(paddle, path: Path):
+    """The UNet step with a LoRA merged in at load, as `mix generate --lora` builds it."""
+    from mixcli.diffusion.loading import PipelineParts
+    from mixcli.diffusion.lora import LoraSpec, apply_loras
+    from mixcli.diffusion.unet import build_unet
+    from mixcli.weights import open_checkpoint, save_safetensors
+
+    config, weights = json.loads((path / "config.json").read_text()), open_checkpoint(path)
+    lora = path.parent / "lora.safetensors"
+    if not lora.exists():
+        save_safetensors(random_lora(weights), lora)
+    parts = apply_loras(PipelineParts("sd15", {"unet": config}, {"unet": weights}, {}, {}), [LoraSpec(str(lora), 0.8)])
+    model = build_unet(config, parts.weights["unet"])
+    args = [paddle.to_tensor(a) if isinstance(a, np.ndarray) else a for a in inputs("unet")]
+
+    def run() -> np.ndarray:
+        with paddle.no_grad():
+            return model(*args).numpy()
 
     return run
 
@@ -91,12 +156,54 @@ def diffusers_runner(part: str, path: Path):
     from mixcli.runtime import cpu_threads
 
     torch.set_num_threads(cpu_threads())
+    if part == "controlnet":
+        return diffusers_controlnet_runner(path)
     model = (UNet2DConditionModel if part == "unet" else AutoencoderKL).from_pretrained(str(path)).eval()
     args = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in inputs(part)]
 
     def run() -> np.ndarray:
         with torch.inference_mode():
             return (model(*args) if part == "unet" else model.decode(*args)).sample.numpy()
+
+    return run
+
+
+def mix_controlnet_runner(paddle, path: Path):
+    """A ControlNet step as mix's pipeline runs it: the ControlNet, then the UNet with its residuals; the control
+    image's embedding is made once per image, before the steps."""
+    from mixcli.diffusion.controlnet import build_controlnet
+    from mixcli.diffusion.unet import build_unet
+    from mixcli.weights import open_checkpoint
+
+    unet = build_unet(json.loads((path.parent / "unet" / "config.json").read_text()), open_checkpoint(path.parent / "unet"))
+    net = build_controlnet(json.loads((path / "config.json").read_text()), open_checkpoint(path))
+    latents, t, text, image = (paddle.to_tensor(a) if isinstance(a, np.ndarray) else a for a in inputs("controlnet"))
+    with paddle.no_grad():
+        condition = net.embed_condition(image)
+
+    def run() -> np.ndarray:
+        with paddle.no_grad():
+            down, mid = net(latents, t, text, condition, scale=1.0)
+            return unet(latents, t, text, down_residuals=down, mid_residual=mid).numpy()
+
+    return run
+
+
+def diffusers_controlnet_runner(path: Path):
+    """A ControlNet step as diffusers' StableDiffusionControlNetPipeline runs it (the control image, one per
+    guidance half, goes through the ControlNet every step)."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(path.parent / "unet")).eval()
+    net = ControlNetModel.from_pretrained(str(path)).eval()
+    latents, t, text, image = (torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in inputs("controlnet"))
+    image = torch.cat([image, image])
+
+    def run() -> np.ndarray:
+        with torch.inference_mode():
+            down, mid = net(latents, t, text, controlnet_cond=image, conditioning_scale=1.0, return_dict=False)
+            return unet(latents, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample.numpy()
 
     return run
 
@@ -140,3 +247,19 @@ def test_unet_step(benchmark, checkpoint):
 
 def test_vae_decode(benchmark, checkpoint):
     side_by_side(benchmark, "vae", checkpoint)
+
+
+def test_controlnet_step(benchmark, checkpoint):
+    side_by_side(benchmark, "controlnet", checkpoint)
+
+
+def test_lora_merged_unet_step(benchmark, checkpoint):
+    """A LoRA merged at load costs nothing per step: mix's UNet step with one (rank 16 on every attention and
+    feed-forward linear) against the plain step, alternating."""
+    with Side("bench_sd", "mix", "unet", checkpoint) as plain, Side("bench_sd", "mix", "unet-lora", checkpoint) as merged:
+        plain_s, merged_s = [], []
+        benchmark.pedantic(lambda: merged_s.append(merged.ask("run")), setup=lambda: plain_s.append(plain.ask("run")),
+                           rounds=ROUNDS, warmup_rounds=1)  # fmt: skip
+    mine, base = statistics.median(merged_s[-ROUNDS:]), statistics.median(plain_s[-ROUNDS:])
+    benchmark.extra_info.update(plain_s=round(base, 3), lora_merged_s=round(mine, 3), ratio=round(mine / base, 3))
+    print("\n unet-lora", benchmark.extra_info)

@@ -45,6 +45,8 @@ def args_from_keys(meta: dict[str, str]) -> list[str]:
     for key, flag in FLAGS.items():
         if key in meta:
             args += [flag, meta[key]]
+    for lora in meta["loras"].split("\n") if "loras" in meta else []:  # one adapter a line
+        args += ["--lora", lora]
     return args
 
 
@@ -63,6 +65,9 @@ def args_from_parameters(text: str) -> list[str]:
     for key, flag in PARAMETERS.items():
         if key in settings:
             args += [flag, settings[key]]
+    for item in text.rsplit("\n", 1)[-1].split(", "):  # a "Lora: PATH:WEIGHT" item per adapter
+        if item.startswith("Lora: "):
+            args += ["--lora", item[len("Lora: ") :]]
     return args
 
 
@@ -133,3 +138,21 @@ def test_the_second_image_of_a_batch_reproduces(cli, sd15, tmp_path):
     second = tmp_path / "batch-2.png"
     meta = assert_reproduced(cli, second, tmp_path, index=2)
     assert meta["num_images"] == "2" and meta["image_index"] == "2" and "Batch pos: 1" in meta["parameters"]
+
+
+def test_loras_are_recorded_and_reproduce(cli, sd15, tmp_path):
+    from sd_lora_ref import to_kohya, write_lora
+
+    first = write_lora(sd15, tmp_path / "style", seed=1)
+    second = to_kohya(first, tmp_path / "kohya.safetensors", sd15=True)
+    png = tmp_path / "adapted.png"
+    record = json_of(cli("generate", str(sd15), "a red chair", "-o", str(png), "--steps", "2", "--seed", "5",
+                         "--size", "32x32", "--lora", f"{first.parent}:0.123456789", "--lora", f"{second}:-0.5",
+                         "--json"))  # fmt: skip
+    assert [lora["weight"] for lora in record["loras"]] == [0.123456789, -0.5]
+    meta = assert_reproduced(cli, png, tmp_path)
+    assert meta["loras"] == f"{first.parent}:0.123456789\n{second}:-0.5"
+    plain = tmp_path / "plain.png"
+    json_of(cli("generate", str(sd15), "a red chair", "-o", str(plain), "--steps", "2", "--seed", "5", "--size", "32x32",
+                "--json"))  # fmt: skip
+    assert not np.array_equal(read_png(plain)[1], read_png(png)[1])  # the adapters are part of what is reproduced

@@ -29,6 +29,7 @@ class SamplingConfig:
     seed: int | None = None
     stop_token_ids: Sequence[int] = ()
     stop_strings: Sequence[str] = ()
+    ignore_eos: bool = False  # continue past stop tokens to max_new_tokens (benchmarks: the same work every run)
 
     def validate(self) -> None:
         # Written as `not (valid)` so that NaN fails too.
@@ -159,26 +160,42 @@ def stream_generate(
 ) -> Iterator[Step]:
     """Yield one Step per generated token; the last has finish_reason set."""
     cfg.validate()
-    rng = np.random.default_rng(cfg.seed)
+    picker = TokenPicker(model.decode, prompt_ids, cfg, should_stop)
     cache = model.make_cache(len(prompt_ids) + cfg.max_new_tokens)
     logits = model.forward(model.embed_prompt(prompt), cache)
-    stops = set(cfg.stop_token_ids)
-    text = TextAssembler(model.decode, cfg.stop_strings)
-    generated: list[int] = []
     while True:
-        scores = apply_repetition_penalty(logits.numpy()[0], prompt_ids + generated, cfg.repetition_penalty)
-        token = sample_token(scores, cfg, rng)
-        if token in stops:
-            yield Step(None, text.flush(generated), len(generated), "stop")
+        step = picker.pick(logits.numpy()[0])
+        yield step
+        if step.finish_reason:
             return
+        logits = model.forward(model.embed_tokens([step.token]), cache)
+
+
+class TokenPicker:
+    """One sequence's half of the decode loop: from each step's logits, the token, its text and whether
+    to stop. stream_generate runs one; the server's batched decoding (mixcli.serve) one per sequence."""
+
+    def __init__(self, decode: Callable[[list[int]], str], prompt_ids: list[int], cfg: SamplingConfig,
+                 should_stop: Callable[[], bool] = lambda: False):  # fmt: skip
+        self.cfg, self.prompt_ids, self.should_stop = cfg, list(prompt_ids), should_stop
+        self.rng = np.random.default_rng(cfg.seed)
+        self.stops = set() if cfg.ignore_eos else set(cfg.stop_token_ids)
+        self.text = TextAssembler(decode, cfg.stop_strings)
+        self.generated: list[int] = []
+
+    def pick(self, logits: np.ndarray) -> Step:
+        """The Step for one position's logits (V,); finish_reason is set on the last."""
+        cfg, generated, text = self.cfg, self.generated, self.text
+        scores = apply_repetition_penalty(logits, self.prompt_ids + generated, cfg.repetition_penalty)
+        token = sample_token(scores, cfg, self.rng)
+        if token in self.stops:
+            return Step(None, text.flush(generated), len(generated), "stop")
         generated.append(token)
         piece = text.push(generated)
-        reason = finish_reason(text.stopped, len(generated), cfg.max_new_tokens, should_stop)
+        reason = finish_reason(text.stopped, len(generated), cfg.max_new_tokens, self.should_stop)
         if reason:
-            yield Step(token, piece + (text.flush(generated) if reason != "stop" else ""), len(generated), reason)
-            return
-        yield Step(token, piece, len(generated))
-        logits = model.forward(model.embed_tokens([token]), cache)
+            return Step(token, piece + (text.flush(generated) if reason != "stop" else ""), len(generated), reason)
+        return Step(token, piece, len(generated))
 
 
 def finish_reason(stopped: bool, n: int, limit: int, should_stop: Callable[[], bool]) -> str | None:

@@ -211,13 +211,13 @@ def model_status(spec: ModelSpec) -> dict:
 
 
 def runnable(spec: ModelSpec, folder: str | None) -> bool | None:
-    """Whether mix runs this model: OCR and diffusion pipelines do, vision-language models when their
-    family is implemented; an unregistered download by its config.json's model_type (None: unknown)."""
+    """Whether mix runs this model: OCR, diffusion pipelines and ControlNets do, vision-language models when
+    their family is implemented; an unregistered download by its config.json's model_type (None: unknown)."""
     from .models import is_supported
 
-    if spec.task in ("ocr", "text-to-image"):
+    if spec.task in ("ocr", "text-to-image", "controlnet"):
         return True
-    if spec.task == "vlm":
+    if spec.task in ("vlm", "contrastive"):
         return is_supported(spec.family)
     config = Path(folder) / "config.json" if folder else None
     if config is None or not config.is_file():

@@ -153,9 +153,18 @@ def resolve_device(device: str | None) -> str:
     if kind not in kinds:
         raise MixError(
             f"device '{device}' is not available to this Paddle build (have: {', '.join(kinds)})",
-            "install Paddle's build for that device, or pass --device cpu",
+            f"{DEVICE_BUILDS.get(kind, 'install the Paddle build for that device')}, or pass --device cpu",
         )
     return device
+
+
+# The Paddle build that brings each device kind (PaddlePaddle's install guide).
+DEVICE_BUILDS = {
+    "gpu": "install paddlepaddle-gpu, the CUDA build (pip install paddlepaddle-gpu -i https://www.paddlepaddle.org.cn/packages/stable/cu126/)",
+    "npu": "install the Ascend plugin beside paddlepaddle (pip install paddle-custom-npu, with the CANN toolkit)",
+    "xpu": "install paddlepaddle-xpu, the Kunlun XPU build",
+    "mlu": "install the Cambricon plugin beside paddlepaddle (paddle-custom-mlu)",
+}
 
 
 def default_dtype(device: str) -> str:

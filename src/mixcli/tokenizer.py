@@ -273,7 +273,27 @@ def load_chat_template(folder: Path) -> str:
     )
 
 
-def render_chat(template: str, messages: list[dict], **extra) -> str:
+def _generation_tag():
+    """transformers' `{% generation %}...{% endgeneration %}` (its AssistantTracker, which marks the assistant's
+    text for training masks; the llava-hf templates use it): the body rendered as it stands, in its own scope."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller) -> str:
+            return caller()
+
+    return GenerationTag
+
+
+def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
     """Render like transformers' apply_chat_template: sandboxed jinja2, trim_blocks, lstrip_blocks."""
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -281,10 +301,10 @@ def render_chat(template: str, messages: list[dict], **extra) -> str:
     def raise_exception(message):
         raise MixError(f"the chat template refused the conversation: {message}", "check the question and images")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _generation_tag()])
     env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent, ensure_ascii=False)
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **extra)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
 
 
 def user_content(question: str, n_images: int, video: bool = False) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Vision-language inference shared by `mix infer`, `mix chat` and (later) `mix serve`."""
+"""Vision-language inference shared by `mix infer`, `mix chat` and `mix serve`."""
 
 from __future__ import annotations
 
@@ -36,8 +36,15 @@ def check_model(name: str, command: str = "infer", sampling: SamplingConfig | No
             f"{spec.alias} is an OCR model: it reads the text of images and has no {command}",
             f"read an image's text with `mix infer {spec.alias} IMAGE`",
         )
+    if spec is not None and spec.task == "contrastive" and command != "infer":
+        raise MixError(
+            f"{spec.alias} is a contrastive model: it scores images against labels and has no {command}",
+            f'use `mix infer {spec.alias} IMAGE --labels "a cat,a dog"` or `mix embed {spec.alias} IMAGE`',
+        )
     if spec is not None and spec.task == "text-to-image":
         raise MixError(f"{spec.alias} is a text-to-image model", f'use `mix generate {spec.alias} "PROMPT" -o out.png`')
+    if spec is not None and spec.task == "controlnet":
+        raise MixError(f"{spec.alias} is a ControlNet", f'use `mix generate MODEL "PROMPT" --controlnet {spec.alias} --control-image IMAGE`')
     if spec is not None and spec.task == "vlm" and not is_supported(spec.family):
         raise MixError(
             f"{spec.alias} is a '{spec.family}' model, a family mix does not run yet",
@@ -56,6 +63,11 @@ def check_vlm_folder(path: Path) -> None:
     """A local folder that holds something other than a vision-language checkpoint, said plainly."""
     if (path / "model_index.json").is_file() and not (path / "config.json").is_file():
         raise MixError(f"{path} is a diffusion pipeline", f'use `mix generate {path} "PROMPT" -o out.png`')
+    from .contrastive import folder_task
+
+    if folder_task(path) == "contrastive":
+        raise MixError(f"{path} holds a contrastive model, which scores images against labels",
+                       f'use `mix infer {path} IMAGE --labels "a cat,a dog"` or `mix embed {path} IMAGE`')  # fmt: skip
 
 
 @dataclass
@@ -118,6 +130,7 @@ class LoadedModel:
     name: str
     model: object
     load_s: float
+    adapter: str | None = None  # the LoRA adapter folder merged at load
 
 
 def load_vlm(
@@ -127,11 +140,14 @@ def load_vlm(
     allow_pickle: bool = False,
     sampling: SamplingConfig | None = None,
     command: str = "infer",
+    adapter: str | None = None,
     **options,
 ) -> LoadedModel:
-    """Check (check_model), configure the runtime and load a vision-language model; ``options`` go
-    to the family's loader (e.g. max_pixels for Qwen2-VL)."""
+    """Check (check_model), configure the runtime and load a vision-language model, with the LoRA
+    adapter in the folder ``adapter`` merged; ``options`` go to the family's loader (e.g. max_pixels
+    for Qwen2-VL)."""
     from . import runtime
+    from .adapters import read_adapter
     from .models import load_model
 
     start = time.perf_counter()
@@ -140,9 +156,10 @@ def load_vlm(
         raise MixError(f"{ref.spec.alias} is an OCR model, not a vision-language one", f"use `mix infer {ref.spec.alias} IMAGE`")
     _, path = model_dir(name)
     check_vlm_folder(path)
+    lora = read_adapter(adapter, allow_pickle) if adapter is not None else None
     rt = runtime.setup(device, dtype)
-    model = load_model(path, dtype=rt.dtype, allow_pickle=allow_pickle, **options)
-    return LoadedModel(name, model, round(time.perf_counter() - start, 4))
+    model = load_model(path, dtype=rt.dtype, allow_pickle=allow_pickle, adapter=lora, **options)
+    return LoadedModel(name, model, round(time.perf_counter() - start, 4), adapter)
 
 
 def answer(
@@ -156,21 +173,44 @@ def answer(
 ) -> Generation:
     """Generate the assistant's reply to the last turn; images belong to the first turn and the video
     (a mixcli.video.Clip from read_clip) to the last, unless <image> / <video> markers place them."""
-    if not turns or not turns[-1][0].strip():
-        raise MixError("the question is empty", "pass a question with -q TEXT")
     model = loaded.model
-    prompt = model.prepare(turns, images, video=video)
-    stops = list(dict.fromkeys([*sampling.stop_token_ids, *model.stop_token_ids]))
-    cfg = SamplingConfig(**{**sampling.__dict__, "stop_token_ids": stops})
-    cfg.max_new_tokens = min(cfg.max_new_tokens, model.context_length - len(prompt.ids))
+    prompt, cfg = prepare_request(loaded, turns, images, sampling, video)
     result = generate(model, prompt, prompt.ids, cfg, on_text=on_text, should_stop=should_stop)
     result.timings = {"load_s": loaded.load_s, **result.timings, "total_s": round(loaded.load_s + result.timings["generate_s"], 4)}
     return result
 
 
+def prepare_request(
+    loaded: LoadedModel, turns: list[tuple[str, str | None]], images: list, sampling: SamplingConfig, video=None,
+    system: str | None = None,
+) -> tuple[object, SamplingConfig]:
+    """The prompt of a conversation (see answer) and the sampling settings to decode it with: the
+    model's stop tokens added, max_new_tokens within what the context leaves. ``system`` replaces the
+    template's default system message."""
+    if not turns or not turns[-1][0].strip():
+        raise MixError("the question is empty", "pass a question with -q TEXT")
+    model = loaded.model
+    prompt = model.prepare(turns, images, video=video, **system_option(model, system))
+    stops = list(dict.fromkeys([*sampling.stop_token_ids, *model.stop_token_ids]))
+    cfg = SamplingConfig(**{**sampling.__dict__, "stop_token_ids": stops})
+    cfg.max_new_tokens = min(cfg.max_new_tokens, model.context_length - len(prompt.ids))
+    return prompt, cfg
+
+
+def system_option(model, system: str | None) -> dict:
+    """prepare's keyword for a system message; an error for a family whose prepare takes none."""
+    import inspect
+
+    if system is None:
+        return {}
+    if "system" not in inspect.signature(model.prepare).parameters:
+        raise MixError(f"{getattr(model, 'family', 'this')} models take no system message", "drop the system message")
+    return {"system": system}
+
+
 def result_record(loaded: LoadedModel, result: Generation) -> dict:
     """The `--json` object of the command contract."""
-    return {"model": loaded.name, **result.to_dict()}
+    return {"model": loaded.name, **({"adapter": loaded.adapter} if loaded.adapter else {}), **result.to_dict()}
 
 
 @dataclass

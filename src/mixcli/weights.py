@@ -35,6 +35,13 @@ def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 bit patterns (uint16), to nearest even as torch and Paddle do; NaN stays NaN."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
+
+
 class TensorRef:
     """A tensor in a checkpoint: shape and dtype are known, the data is read only when asked."""
 
@@ -61,10 +68,12 @@ class TensorRef:
 class Checkpoint(Mapping[str, TensorRef]):
     """The tensors of a checkpoint by name, and the layout they come in ("torch" or "paddle")."""
 
-    def __init__(self, tensors: dict[str, TensorRef], *, layout: str, files: list[Path]):
+    def __init__(self, tensors: dict[str, TensorRef], *, layout: str, files: list[Path],
+                 shards: dict[Path, list[str]] | None = None):
         self._tensors = tensors
         self.layout = layout
         self.files = files
+        self.shards = shards  # the names each file holds, as opened (a renamed copy has none)
 
     def __getitem__(self, name: str) -> TensorRef:
         return self._tensors[name]
@@ -182,6 +191,13 @@ def _st_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` strings in a safetensors file's header (empty when it has none)."""
+    header, _ = _st_header(Path(path))
+    metadata = header.get("__metadata__")
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def read_safetensors(path: Path) -> dict[str, TensorRef]:
     """The tensors of one safetensors file, memory-mapped one by one when read."""
     header, start = _st_header(path)
@@ -278,15 +294,18 @@ def open_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
             "pass --allow-pickle (or set MIX_ALLOW_PICKLE=1) if you trust its source",
         )
     tensors: dict[str, TensorRef] = {}
+    shards: dict[Path, list[str]] = {}
     for file in files:
+        shards[file] = []
         for name, ref in _read(file).items():
             if name in tensors:
                 raise CheckpointError(f"tensor {name} appears twice (again in {file.name})", REDOWNLOAD)
             tensors[name] = ref
+            shards[file].append(name)
     paddle_files = sum(f.suffix == ".pdparams" for f in files)
     if 0 < paddle_files < len(files):
         raise CheckpointError(f"{path} mixes Paddle and PyTorch weight files", "keep one format in the directory")
-    return Checkpoint(tensors, layout="paddle" if paddle_files else "torch", files=files)
+    return Checkpoint(tensors, layout="paddle" if paddle_files else "torch", files=files, shards=shards)
 
 
 # --- name rules -----------------------------------------------------------------------------

@@ -37,13 +37,13 @@ def decode_bytes_per_token(language_model) -> int:
     return total
 
 
-def read_bandwidth_in_child() -> float:
+def read_bandwidth_in_child(nbytes: int = 1 << 30) -> float:
     """read_bandwidth in a fresh process: measured before models fill the memory (it reads low under
-    memory pressure), and Paddle's allocator there cannot keep the 1 GiB probe buffer afterwards."""
+    memory pressure), and neither the probe buffer nor Paddle's allocator count towards this process's memory."""
     import subprocess
     import sys
 
-    probe = "from mixcli.bench import read_bandwidth; print(read_bandwidth())"
+    probe = f"from mixcli.bench import read_bandwidth; print(read_bandwidth({int(nbytes)}))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     return float(out.split()[-1])
 

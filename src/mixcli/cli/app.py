@@ -16,8 +16,12 @@ from .errors import handle_errors, stdout_failure
 # Only commands that work are registered: (module under mixcli.cli, command name).
 COMMANDS: list[tuple[str, str]] = [
     ("download", "download"), ("check_env", "check-env"), ("infer", "infer"), ("chat", "chat"), ("generate", "generate"),
+    ("finetune", "finetune"),
+    ("export", "export"),
+    ("embed", "embed"),
+    ("serve", "serve"),
 ]
-GROUPS: list[tuple[str, str]] = [("models", "models"), ("datacopilot", "datacopilot"), ("ext", "ext")]
+GROUPS: list[tuple[str, str]] = [("models", "models"), ("datacopilot", "datacopilot"), ("ext", "ext"), ("bench", "bench")]
 
 app = typer.Typer(
     name="mix",

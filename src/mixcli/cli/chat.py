@@ -12,6 +12,7 @@ import typer
 from ..errors import MixError
 from . import output
 from .options import (
+    AdapterOpt,
     AllowPickleOpt,
     DeviceOpt,
     DtypeOpt,
@@ -102,6 +103,7 @@ def command(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
+    adapter: AdapterOpt = None,
 ) -> None:
     """Chat with a vision-language model about images.
 
@@ -117,7 +119,7 @@ def command(
     paths, video = split_inputs(images or [], video)
     pictures = [load_image(path) for path in paths]
     info = probe(video) if video is not None else None  # an unreadable video fails before the model loads
-    loaded = load_vlm(model, device, dtype, allow_pickle, command="chat", max_pixels=max_pixels)
+    loaded = load_vlm(model, device, dtype, allow_pickle, command="chat", adapter=adapter, max_pixels=max_pixels)
     session = ChatSession(loaded, sampling)
     for picture in pictures:
         session.add_image(picture)

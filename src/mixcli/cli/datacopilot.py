@@ -28,6 +28,10 @@ AbsolutePathsOpt = Annotated[
     typer.Option("--absolute-paths",
                  help="Write image paths as absolute paths (default: relative to the output's folder)."),
 ]
+ContrastiveModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", metavar="MODEL", help="A contrastive model (CLIP, SigLIP) for --clip-score / --semantic."),
+]
 SchemaOpt = Annotated[
     Optional[str],
     typer.Option("--to", metavar="SCHEMA", help="Write rows in this schema: mm, mix, llava, openai.",
@@ -122,7 +126,9 @@ def validate_cmd(
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Every problem with its row number; exit 1 when there are errors. With -o/--rejects it sanitizes."""
+    """Every problem with its row number; exit 1 when there are errors.
+
+    With -o it writes the good rows, with --rejects the bad ones and their reasons."""
     from ..datacopilot import MMDataset
     from ..datacopilot.validate import IMAGE_CHECKS, run_validate
 
@@ -198,15 +204,31 @@ def filter_cmd(
     ] = None,
     image_root: RootOpt = None,
     workers: Annotated[int, typer.Option(min=1, metavar="N", help="Processes that check rows in parallel.")] = 1,
+    clip_score: Annotated[
+        Optional[float], typer.Option("--clip-score", metavar="MIN", help="Keep rows whose first image and caption "
+                                      "score at least MIN (cosine x 100; needs --model).")
+    ] = None,
+    model: ContrastiveModelOpt = None,
+    caption_field: Annotated[
+        Optional[str], typer.Option("--caption-field", metavar="NAME", help="The row field holding the caption "
+                                    "(default: the first assistant answer).")
+    ] = None,
+    score_field: Annotated[
+        Optional[str], typer.Option("--score-field", metavar="NAME", help="Write each kept row's CLIP score here.")
+    ] = None,
     absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Keep the rows meeting every condition given.
 
-    Rows with unusable images fail image conditions."""
+    Rows with unusable images fail image conditions; --clip-score keeps the rows whose first image matches
+    their caption by a contrastive model (--model)."""
     from ..datacopilot import MMDataset, ops
 
+    if clip_score is not None or model is not None:
+        return _filter_by_score(data, out, clip_score, model, caption_field, score_field, image_root, force,
+                                absolute_paths, json_)  # fmt: skip
     bounds = {k: v for k, v in locals().items() if k.startswith(("min_", "max_"))}
     pred = ops.RowFilter(ops.Conditions(**bounds), _root(data, image_root), tokenizer)
     ds = MMDataset.open(data, image_root=image_root)
@@ -216,6 +238,33 @@ def filter_cmd(
     if summary["dropped_unreadable"]:
         output.warn(f"dropped {_n(summary['dropped_unreadable'], 'row')} that could not be read (see `validate`)")
     output.emit(summary, json_, f"kept {summary['rows']} of {_n(summary['input_rows'], 'row')} in {out}")
+
+
+def _filter_by_score(data, out, min_score, model, caption_field, score_field, image_root, force, absolute_paths,
+                     as_json) -> None:  # fmt: skip
+    from ..contrastive import load_contrastive
+    from ..datacopilot import MMDataset
+    from ..datacopilot.semantic import filter_by_score
+
+    if min_score is None or model is None:
+        raise typer.BadParameter("--clip-score MIN and --model ALIAS go together", param_hint="'--clip-score'")
+    loaded = load_contrastive(model, command="CLIP score")
+    with _bar() as bar:
+        summary = filter_by_score(MMDataset.open(data, image_root=image_root), out, loaded.model, min_score,
+                                  caption_field, score_field, force=force, absolute_paths=absolute_paths,
+                                  progress=bar.update)  # fmt: skip
+    if summary["unscored"]:
+        output.warn(f"dropped {_n(summary['unscored'], 'row')} without a readable first image and a caption")
+    output.emit(summary, as_json, f"kept {summary['rows']} of {_n(summary['input_rows'], 'row')} in {out}")
+
+
+def _bar():
+    """A progress bar on stderr (shown only on a terminal)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(unit="row", file=sys.stderr, disable=None)
 
 
 @app.command("sample")
@@ -321,6 +370,14 @@ def dedup_cmd(
     ] = 4,
     jaccard: Annotated[float, typer.Option(min=0.0, max=1.0, metavar="J", help="Least estimated Jaccard of near text.")]
     = 0.8,
+    semantic: Annotated[bool, typer.Option("--semantic", help="Near-duplicates by embedding cosine (needs --model).")]
+    = False,
+    model: ContrastiveModelOpt = None,
+    semantic_on: Annotated[
+        str, typer.Option("--semantic-on", metavar="WHAT", help="What --semantic embeds: images, text or both.")
+    ] = "images",
+    threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, metavar="T", help="Least cosine of --semantic.")]
+    = 0.95,
     image_root: RootOpt = None,
     absolute_paths: AbsolutePathsOpt = False,
     force: ForceOpt = False,
@@ -335,9 +392,27 @@ def dedup_cmd(
     images = _renamed(near_images, images_old, "--images", "--near-images")
     text = _renamed(near_text, text_old, "--text", "--near-text")
     opts = DedupOptions(exact=exact, images=images, text=text, hamming=hamming, jaccard=jaccard)
+    if semantic or model is not None:
+        return _semantic_dedup(data, out, opts, model, semantic_on, threshold, image_root, force, absolute_paths, json_)
     summary = dedup(MMDataset.open(data, image_root=image_root), _root(data, image_root), opts, out, force,
                     absolute_paths)
     output.emit(summary, json_, lambda summary: _show_clusters(summary, out))
+
+
+def _semantic_dedup(data, out, opts, model, on, threshold, image_root, force, absolute_paths, as_json) -> None:
+    from ..contrastive import load_contrastive
+    from ..datacopilot import MMDataset
+    from ..datacopilot.semantic import semantic_dedup
+
+    if model is None:
+        raise typer.BadParameter("--semantic needs --model ALIAS (a contrastive model)", param_hint="'--semantic'")
+    if on not in ("images", "text", "both"):
+        raise typer.BadParameter(f"{on!r} is not images, text or both", param_hint="'--semantic-on'")
+    loaded = load_contrastive(model, command="embeddings")
+    with _bar() as bar:
+        summary = semantic_dedup(MMDataset.open(data, image_root=image_root), _root(data, image_root), opts,
+                                 loaded.model, on, threshold, out, force, absolute_paths, progress=bar.update)  # fmt: skip
+    output.emit(summary, as_json, lambda summary: _show_clusters(summary, out))
 
 
 def _show_clusters(summary: dict, out: Path | None) -> None:

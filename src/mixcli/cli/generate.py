@@ -45,6 +45,24 @@ def _check_strength(value: float) -> float:
     return value
 
 
+def _check_preprocess(value: Optional[str]) -> Optional[str]:
+    from ..diffusion.control import PREPROCESSORS
+
+    if value is not None and value not in PREPROCESSORS:
+        raise typer.BadParameter(f"unknown preprocessor {value!r}; use one of {', '.join(PREPROCESSORS)}")
+    return value
+
+
+def _check_loras(values: Optional[list[str]]) -> list:
+    """--lora FILE_OR_DIR[:WEIGHT] values; a bad WEIGHT is a usage error (exit 2)."""
+    from ..diffusion.lora import parse_spec
+
+    try:
+        return [parse_spec(value) for value in values or []]
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def command(
     model: ModelArg,
     prompt: Annotated[str, typer.Argument(help="What to draw; - reads it from stdin.")],
@@ -83,6 +101,32 @@ def command(
     config: Annotated[
         Optional[str], typer.Option("--config", metavar="DIR", help="Single-file checkpoints: a diffusers folder with the configs and tokenizers.")
     ] = None,
+    controlnet: Annotated[
+        Optional[str], typer.Option("--controlnet", metavar="NAME", help="A ControlNet (alias or diffusers folder) steering the image by --control-image.")
+    ] = None,
+    control_image: Annotated[
+        Optional[str], typer.Option("--control-image", metavar="PATH", help="ControlNet: the edge map, depth map, pose... (stretched to --size).")
+    ] = None,
+    control_scale: Annotated[float, typer.Option("--control-scale", metavar="S", help="ControlNet: how strongly it steers.")] = 1.0,
+    control_start: Annotated[
+        float, typer.Option("--control-start", min=0.0, max=1.0, metavar="F", help="ControlNet: the fraction of steps before it acts.")
+    ] = 0.0,
+    control_end: Annotated[
+        float, typer.Option("--control-end", min=0.0, max=1.0, metavar="F", help="ControlNet: the fraction of steps after which it stops.")
+    ] = 1.0,
+    control_preprocess: Annotated[
+        Optional[str],
+        typer.Option("--control-preprocess", metavar="NAME", callback=_check_preprocess,
+                     help="ControlNet: make the control image from a photo: canny (edges)."),
+    ] = None,
+    canny_low: Annotated[Optional[float], typer.Option("--canny-low", min=0.0, metavar="L", help="Canny: lower threshold (default 100).")] = None,
+    canny_high: Annotated[Optional[float], typer.Option("--canny-high", min=0.0, metavar="H", help="Canny: upper threshold (default 200).")] = None,
+    lora: Annotated[
+        Optional[list[str]],
+        typer.Option("--lora", metavar="PATH", callback=_check_loras,
+                     help="A LoRA adapter (file, or folder with pytorch_lora_weights.safetensors) merged into the model; "
+                     "PATH:W sets its weight (default 1). Repeatable."),
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
@@ -97,10 +141,16 @@ def command(
         prompt=_prompt(prompt), negative_prompt=negative_prompt, steps=steps, guidance=guidance, size=_size(size),
         num_images=num_images, seed=secrets.randbelow(2**32) if seed is None else seed, scheduler=scheduler,
         latents=_latents(latents), image=_image(image), strength=strength,
+        control=_control(controlnet, control_image, control_scale, control_start, control_end, control_preprocess,
+                         canny_low, canny_high),
     )
     paths = output_paths(out or f"mix-{request.seed}.png", num_images)
     check_outputs(paths, force)  # minutes of work must not end in an unwritable path
-    load = dict(dtype=dtype, variant=variant, config_dir=config, allow_pickle=allow_pickle)
+    if controlnet is not None:
+        from ..diffusion.control import controlnet_folder
+
+        controlnet_folder(controlnet)  # before the pipeline loads
+    load = dict(dtype=dtype, variant=variant, config_dir=config, allow_pickle=allow_pickle, loras=lora)
     _run(model, request, paths, load, device, json_output, latents)
 
 
@@ -112,6 +162,10 @@ def _run(model: str, request, paths, load: dict, device: Optional[str], as_json:
     start = time.perf_counter()
     rt = runtime.setup(device, load.pop("dtype"))
     pipe = load_pipeline(model, dtype=rt.dtype, **load)
+    if request.control is not None:
+        from ..diffusion.controlnet import load_controlnet
+
+        pipe.controlnet = load_controlnet(request.control.model, pipe, load.get("allow_pickle", False))
     load_s = round(time.perf_counter() - start, 4)
     with _StepBar(request.steps) as bar:
         result = pipe.generate(request, on_step=bar.update)
@@ -121,8 +175,11 @@ def _run(model: str, request, paths, load: dict, device: Optional[str], as_json:
         "model": model, "files": [str(p) for p in paths], "prompt": request.prompt,
         "negative_prompt": request.negative_prompt, "seed": result.seed, "steps": result.steps,
         "model_evaluations": result.evaluations, "guidance": result.guidance, "scheduler": result.scheduler,
-        "size": f"{width}x{height}", "dtype": result.dtype, "timings": {"load_s": load_s, **result.timings},
+        "size": f"{width}x{height}", "dtype": result.dtype,
+        "loras": [{"path": spec.path, "weight": spec.weight} for spec in result.loras],
+        "timings": {"load_s": load_s, **result.timings},
     }  # fmt: skip
+    record["controlnet"] = request.control.record() if request.control is not None else None
     output.emit(record, as_json, "\n".join(str(p) for p in paths))
 
 
@@ -176,3 +233,18 @@ def _image(path: Optional[str]):
 
     check_image_path(path)
     return load_image(path)
+
+
+def _control(name, image, scale, start, end, preprocess, low, high):
+    """The ControlNet settings, or None; --controlnet and --control-image go together (usage errors)."""
+    if (name is None) != (image is None):
+        given, missing = ("--controlnet", "--control-image") if image is None else ("--control-image", "--controlnet")
+        raise typer.BadParameter(f"{given} needs {missing}", param_hint=f"'{missing}'")
+    if preprocess != "canny" and (low is not None or high is not None):
+        raise typer.BadParameter("--canny-low/--canny-high need --control-preprocess canny", param_hint="'--control-preprocess'")
+    if name is None:
+        return None
+    from ..diffusion.control import Control
+
+    thresholds = {k: v for k, v in (("canny_low", low), ("canny_high", high)) if v is not None}
+    return Control(_image(image), scale, start, end, preprocess, model=name, image_file=image, **thresholds)

@@ -9,9 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import MixError
+from ..contrastive import is_contrastive
 from ..vlm import VideoOptions, check_model, is_ocr, split_inputs
 from . import output
 from .options import (
+    AdapterOpt,
     AllowPickleOpt,
     DeviceOpt,
     DtypeOpt,
@@ -61,6 +63,20 @@ BatchOpt = Annotated[
         "- for stdin.",
     ),
 ]
+LabelsOpt = Annotated[
+    Optional[str],
+    typer.Option("--labels", metavar="TEXT", help='Contrastive models: comma-separated labels to score each image '
+                 'against, e.g. "a cat,a dog".', show_default=False),
+]
+LabelsFileOpt = Annotated[
+    Optional[str],
+    typer.Option("--labels-file", metavar="PATH", help="Contrastive models: labels, one a line.", show_default=False),
+]
+TemplateOpt = Annotated[
+    Optional[str],
+    typer.Option("--template", metavar="TEXT", help='Contrastive models: the text each label is put into at {}, '
+                 'e.g. "a photo of a {}." (default: the label alone).', show_default=False),
+]
 
 
 def command(
@@ -83,20 +99,33 @@ def command(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
+    adapter: AdapterOpt = None,
+    labels: LabelsOpt = None,
+    labels_file: LabelsFileOpt = None,
+    template: TemplateOpt = None,
     json_output: JsonLinesOpt = False,
 ) -> None:
     """Ask a model about images or a video, or read their text.
 
-    Vision-language models answer the question (-q); OCR models print the text lines they read."""
+    Vision-language models answer the question (-q); OCR models print the text lines they read; contrastive
+    models (CLIP, SigLIP) rank --labels for each image."""
     if batch is not None and (images or video is not None):
         raise typer.BadParameter(
             "a batch file brings its own images; drop the IMAGE/--video arguments or --batch", param_hint="'--batch'"
         )
     sampling = sampling_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop)
     ref = check_model(model, "infer", sampling)
+    if (is_ocr(ref) or is_contrastive(ref)) and adapter is not None:
+        raise MixError(f"{model} takes no LoRA adapter (vision-language models do)", "drop --adapter")
+    if is_contrastive(ref):
+        return _run_labels(model, images or [], labels, labels_file, template, top_k, device, dtype, allow_pickle,
+                           json_output)  # fmt: skip
+    if labels is not None or labels_file is not None:
+        raise MixError(f"{model} is not a contrastive model: --labels needs CLIP, Chinese-CLIP or SigLIP",
+                       'ask a vision-language model with -q "..." instead')  # fmt: skip
     if is_ocr(ref):
         return _run_ocr(ref.spec.alias, images or [], question, device, json_output)
-    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, max_pixels=max_pixels)  # for load_vlm
+    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, max_pixels=max_pixels, adapter=adapter)
     clip_options = VideoOptions(fps, frames, max_frames)
     clip_options.validate()
     if batch is not None:
@@ -189,3 +218,25 @@ def _run_ocr(alias: str, images: list[str], question: str | None, device: str | 
             output.result(("\n" if index else "") + f"==> {source} <==")
         for line in result.lines:
             output.result(line.text)
+
+
+def _run_labels(model, images, labels, labels_file, template, top_k, device, dtype, allow_pickle, as_json) -> None:
+    """Zero-shot classification: each image's labels by probability (JSON Lines with --json)."""
+    from ..contrastive import classify, load_contrastive, prompts, read_labels
+    from ..images import check_image_path
+
+    names = read_labels(labels, labels_file)
+    texts = prompts(names, template)
+    if not images:
+        raise MixError(f"{model} needs at least one image to score", f'e.g. `mix infer {model} photo.png --labels "a cat,a dog"`')
+    for source in images:
+        check_image_path(source)
+    loaded = load_contrastive(model, device, dtype, allow_pickle, command="infer")
+    for index, scores in enumerate(classify(loaded.model, images, names, texts)):
+        if as_json:
+            output.emit_json(scores.record(top_k))
+            continue
+        if len(images) > 1:
+            output.result(("\n" if index else "") + f"==> {scores.image} <==")
+        for label, prob in scores.ranked(top_k):
+            output.result(f"{prob:.4f}  {label}")

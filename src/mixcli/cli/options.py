@@ -60,6 +60,10 @@ JsonLinesOpt = Annotated[
                  "for --batch and for several images read by an OCR model."),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+AdapterOpt = Annotated[
+    Optional[str],
+    typer.Option("--adapter", metavar="DIR", help="A LoRA adapter folder in PEFT's layout, merged into the weights."),
+]
 AllowPickleOpt = Annotated[
     bool,
     typer.Option(
@@ -96,7 +100,10 @@ MaxFramesOpt = Annotated[
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", metavar="N", help="Most tokens to generate.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", metavar="T", help="0 is greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", metavar="P", help="Nucleus sampling mass.")]
-TopKOpt = Annotated[int, typer.Option("--top-k", metavar="K", help="Sample among the k likeliest (0: all).")]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", metavar="K", help="Sample among the k likeliest (0: all); with --labels, show the k "
+                      "likeliest labels.")
+]
 RepetitionPenaltyOpt = Annotated[
     float, typer.Option("--repetition-penalty", metavar="R", help="Divide repeated tokens' scores by R (1.0: off).")
 ]

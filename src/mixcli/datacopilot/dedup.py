@@ -201,11 +201,17 @@ def dedup(ds: MMDataset, root: Path, opts: DedupOptions, out: Path | None = None
     drop = {r for c in clusters for r in c["rows"] if r != c["keep"]}
     summary = {"rows": len(feats.rows), "clusters": clusters, "duplicates": len(drop), "kept": None}
     if out is not None:
-        kept = 0
-        with open_writer(out, force, ds.paths, absolute_paths) as write:
-            for rec in ds.readable():
-                if rec.row not in drop:
-                    write(rec.data, rec.root)
-                    kept += 1
-        summary["kept"] = kept
+        summary["kept"] = write_kept(ds, drop, out, force, absolute_paths)
     return summary
+
+
+def write_kept(ds: MMDataset, drop: set[int], out: Path, force: bool, absolute_paths: bool) -> int:
+    """Write every readable row but those in ``drop`` (relative image paths rewritten for the output's
+    folder, or made absolute); returns how many were written."""
+    kept = 0
+    with open_writer(out, force, ds.paths, absolute_paths) as write:
+        for rec in ds.readable():
+            if rec.row not in drop:
+                write(rec.data, rec.root)
+                kept += 1
+    return kept

@@ -1,4 +1,4 @@
-"""CLIP for diffusion conditioning: the BPE tokenizer (vocab.json + merges.txt) and the text encoders in Paddle."""
+"""CLIP for diffusion conditioning: the BPE tokenizer (vocab.json + merges.txt, or tokenizer.json) and the text encoders in Paddle."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ from ..errors import CheckpointError
 from ..layers import build_for_inference
 from ..layers.linear import Linear
 from ..layers.vit import CLIP_NAMES, ViTEncoder, ViTSpec
+from ..tokenizer import _added_token
 from ..weights import rename
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+# A published folder holds vocab.json + merges.txt (+ special_tokens_map.json); transformers 5 saves tokenizer.json
+# instead and writes the special tokens into tokenizer_config.json. The config is needed either way.
+VOCAB_FILES = ("vocab.json", "merges.txt")
+TOKENIZER_FILES = (*VOCAB_FILES, "tokenizer_config.json")
+REDOWNLOAD = "re-download it: mix download MODEL"
 # transformers' CLIPTokenizer split: special tokens, contractions, letter runs, single digits, other symbol runs.
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 # The order in which transformers registers the named special tokens (SPECIAL_TOKENS_ATTRIBUTES).
@@ -36,25 +41,51 @@ def _token_text(value) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def _read_json(file: Path) -> dict:
+def _read_json(file: Path):
     try:
         return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"tokenizer folder {file.parent} has no {file.name}", REDOWNLOAD) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file} is not valid JSON ({e})", "re-download the tokenizer folder") from e
 
 
-def _check_files(folder: Path) -> None:
-    for name in TOKENIZER_FILES:
+def _read_merges(file: Path) -> list[tuple[str, str]]:
+    """merges.txt as the tokenizers BPE reader takes it: an optional #version line, then one "a b" pair a line."""
+    merges = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line or (number == 1 and line.startswith("#version")):
+            continue
+        pair = line.split(" ")
+        if len(pair) != 2:
+            raise CheckpointError(f"{file} line {number} is not a merge of two symbols: {line[:40]!r}", REDOWNLOAD)
+        merges.append((pair[0], pair[1]))
+    return merges
+
+
+def _bpe_files(folder: Path) -> tuple[dict, list[tuple[str, str]], list[dict]]:
+    """The BPE vocabulary, merges and the serialised added tokens. transformers' CLIPTokenizer takes vocabulary and
+    merges from tokenizer.json when there is one and builds the rest itself (TokenizersBackend.convert_to_native_format)."""
+    if (folder / "tokenizer.json").is_file():
+        data = _read_json(folder / "tokenizer.json")
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+            raise CheckpointError(f"{folder / 'tokenizer.json'} holds no BPE vocabulary, not a CLIP tokenizer", REDOWNLOAD)
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+        return model["vocab"], merges, data.get("added_tokens") or []
+    for name in VOCAB_FILES:
         if not (folder / name).is_file():
-            raise CheckpointError(f"tokenizer folder {folder} has no {name}", "re-download it: mix download MODEL")
+            raise CheckpointError(f"tokenizer folder {folder} has no {name} (nor a tokenizer.json)", REDOWNLOAD)
+    return _read_json(folder / "vocab.json"), _read_merges(folder / "merges.txt"), []
 
 
-def _backend(folder: Path, special: dict[str, str]) -> Tokenizer:
+def _backend(vocab: dict, merges: list, special: dict[str, str], folder: Path) -> Tokenizer:
     """The byte-level BPE that transformers 5's CLIPTokenizer builds (models/clip/tokenization_clip.py)."""
-    bpe = BPE.from_file(
-        str(folder / "vocab.json"), str(folder / "merges.txt"),
-        continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False, unk_token=special["unk_token"],
-    )  # fmt: skip
+    try:
+        bpe = BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="</w>", fuse_unk=False,
+                  unk_token=special["unk_token"])  # fmt: skip
+    except Exception as e:  # tokenizers raises a bare Exception for merges of unknown symbols
+        raise CheckpointError(f"the vocabulary and merges in {folder} do not fit together ({e})", REDOWNLOAD) from e
     tok = Tokenizer(bpe)
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
@@ -69,6 +100,29 @@ def _backend(folder: Path, special: dict[str, str]) -> Tokenizer:
     return tok
 
 
+def _config(folder: Path) -> dict:
+    """tokenizer_config.json, under the named tokens of special_tokens_map.json where transformers still reads that
+    file: when the config has no added_tokens_decoder (PreTrainedTokenizerBase._from_pretrained's legacy branch)."""
+    config = _read_json(folder / "tokenizer_config.json")
+    legacy = folder / "special_tokens_map.json"
+    if "added_tokens_decoder" not in config and legacy.is_file():
+        config = {**config, **_read_json(legacy)}
+    return config
+
+
+def _add_tokens(tok: Tokenizer, config: dict, serialised: list[dict], special: dict[str, str]) -> None:
+    """The config's added_tokens_decoder (else tokenizer.json's added tokens) in id order, with their flags, then the
+    named special tokens not among them, as transformers registers them. Special tokens match before normalisation,
+    so SDXL's "!" pad token also cuts prompts at each "!"."""
+    decoder = config.get("added_tokens_decoder")
+    specs = decoder.items() if decoder else [(spec.get("id"), spec) for spec in serialised]
+    added = [_added_token(spec) for _, spec in sorted(specs, key=lambda item: int(item[0]))]
+    for token in added:
+        (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+    present = {token.content for token in added}
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special.values() if t not in present])
+
+
 @dataclass
 class CLIPTokenizer:
     """CLIP's tokenizer as SD pipelines call it: BOS + BPE + EOS, truncated and padded to model_max_length."""
@@ -81,19 +135,16 @@ class CLIPTokenizer:
 
     @classmethod
     def from_dir(cls, folder: str | Path) -> "CLIPTokenizer":
-        """Read a published tokenizer folder: vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json."""
+        """Read a tokenizer folder as transformers does: vocab.json + merges.txt or tokenizer.json, with
+        tokenizer_config.json and, where present, special_tokens_map.json."""
         folder = Path(folder)
-        _check_files(folder)
-        config = {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
+        config = _config(folder)
+        vocab, merges, serialised = _bpe_files(folder)
         defaults = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
         special = {k: _token_text(config.get(k)) or defaults.get(k) for k in SPECIAL_NAMES}
         special = {k: v for k, v in special.items() if v}
-        tok = _backend(folder, special)
-        # Special tokens match before normalisation, so SDXL's "!" pad token also cuts prompts at each "!".
-        decoder = config.get("added_tokens_decoder", {})
-        extra = [_token_text(decoder[i]) for i in sorted(decoder, key=int)]
-        tokens = dict.fromkeys([*special.values(), *filter(None, extra)])
-        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+        tok = _backend(vocab, merges, special, folder)
+        _add_tokens(tok, config, serialised, special)
         ids = {k: tok.token_to_id(v) for k, v in special.items()}
         tok.post_processor = processors.RobertaProcessing(
             (special["eos_token"], ids["eos_token"]), (special["bos_token"], ids["bos_token"]), False, False
@@ -172,6 +223,13 @@ class CLIPTextTransformer(nn.Layer):
         self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps)
 
 
+def eos_positions(input_ids: paddle.Tensor, eos_token_id: int) -> paddle.Tensor:
+    """Where CLIP pools each row of (B, T) ids, by transformers' rule (CLIPTextTransformer.forward)."""
+    if eos_token_id == 2:  # legacy configs: EOS is the highest id in the vocabulary
+        return paddle.argmax(input_ids, axis=-1)
+    return paddle.argmax((input_ids == eos_token_id).astype("int32"), axis=-1)  # the first EOS
+
+
 class CLIPTextOutput(NamedTuple):
     """What SD pipelines take from a CLIP text encoder; all (B, T, H) or (B, H)/(B, P)."""
 
@@ -197,10 +255,7 @@ class CLIPTextEncoder(nn.Layer):
 
     def pool_index(self, input_ids: paddle.Tensor) -> paddle.Tensor:
         """The EOS position per row, by transformers' rule (CLIPTextTransformer.forward)."""
-        eos = self.config.eos_token_id
-        if eos == 2:  # legacy configs: EOS is the highest id in the vocabulary
-            return paddle.argmax(input_ids, axis=-1)
-        return paddle.argmax((input_ids == eos).astype("int32"), axis=-1)  # the first EOS
+        return eos_positions(input_ids, self.config.eos_token_id)
 
     def forward(self, input_ids: paddle.Tensor, hidden_layer: int | None = None) -> CLIPTextOutput:
         """Encode (B, T) ids; `hidden_layer` picks which hidden state `penultimate` holds (default -2)."""

@@ -35,6 +35,7 @@ class PipelineParts:
     weights: dict[str, Mapping[str, Any]]  # component -> diffusers-named tensors
     tokenizer_dirs: dict[str, Path]  # "tokenizer" / "tokenizer_2" -> folder
     pipeline_config: dict  # model_index.json (force_zeros_for_empty_prompt, ...)
+    loras: tuple = ()  # the LoRA adapters (lora.LoraSpec) merged into ``weights``
 
 
 def read_json(path: Path) -> dict:

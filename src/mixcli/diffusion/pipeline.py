@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from .control import Control
 from .loading import PipelineParts
 
 Noise = Callable[[tuple[int, ...]], np.ndarray]  # standard normal float32 of a shape
@@ -37,6 +38,7 @@ class Request:
     latents: np.ndarray | None = None  # (num_images, C, H/f, W/f) unscaled standard normal
     image: Image.Image | None = None  # img2img source
     strength: float = 0.8
+    control: Control | None = None  # ControlNet settings, run by the pipeline's ``controlnet``
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Result:
     timings: dict = field(default_factory=dict)
     evaluations: int = 0
     dtype: str = "float32"
+    loras: list = field(default_factory=list)  # the LoRA adapters (lora.LoraSpec) merged into the pipeline
 
 
 class StableDiffusion:
@@ -75,6 +78,8 @@ class StableDiffusion:
         self.text_encoders = [build_text_encoder(parts.configs[c], parts.weights[c], dtype) for c in texts]
         self.tokenizers = [CLIPTokenizer.from_dir(parts.tokenizer_dirs[c]) for c in sorted(parts.tokenizer_dirs)]
         self.dtype = dtype
+        self.loras = list(parts.loras)
+        self.controlnet = None  # a ControlNetModel (controlnet.load_controlnet) for requests with ``control``
 
     @property
     def scale_factor(self) -> int:
@@ -100,7 +105,8 @@ class StableDiffusion:
         cond = self.encode_prompt(request.prompt, request.negative_prompt, cfg, request.num_images, (height, width))
         encoded = time.perf_counter()
         timesteps, latents = self._initial_latents(request, scheduler, noise, width, height)
-        latents, step_times = self._denoise(latents, timesteps, scheduler, cond, guidance, cfg, noise, on_step)
+        control = self._control_run(request, len(timesteps), cfg, width, height)
+        latents, step_times = self._denoise(latents, timesteps, scheduler, cond, guidance, cfg, noise, on_step, control)
         denoised = time.perf_counter()
         images = self.decode(latents)
         end = time.perf_counter()
@@ -112,7 +118,8 @@ class StableDiffusion:
             "total_s": round(end - start, 4),
         }
         return Result(
-            images, request.seed, request.steps, guidance, scheduler.name, (width, height), timings, len(timesteps), self.dtype
+            images, request.seed, request.steps, guidance, scheduler.name, (width, height), timings, len(timesteps), self.dtype,
+            list(self.loras),
         )
 
     # --- steps of a run -------------------------------------------------------------------------
@@ -120,6 +127,8 @@ class StableDiffusion:
     def _size(self, request: Request) -> tuple[int, int]:
         if request.size is None and request.image is not None:
             return image_size(request.image, self.scale_factor)
+        if request.size is None and request.control is not None:  # diffusers' ControlNet pipelines: the control image's
+            return image_size(request.control.image, self.scale_factor)
         width, height = request.size if request.size is not None else self.native_size()
         check_size(width, height, self.scale_factor)
         return width, height
@@ -179,7 +188,18 @@ class StableDiffusion:
         check_latents(start, encoded.shape)
         return timesteps, scheduler.add_noise(encoded, start.astype(np.float32), timesteps[0])
 
-    def _denoise(self, latents, timesteps, scheduler, cond: dict, guidance: float, cfg: bool, noise: Noise, on_step):
+    def _control_run(self, request: Request, steps: int, cfg: bool, width: int, height: int):
+        """The ControlNet's part in this run (controlnet.ControlRun), or None without ``request.control``."""
+        if request.control is None:
+            return None
+        if self.controlnet is None:
+            raise InputError("the request has ControlNet settings but no ControlNet is loaded", "load one with controlnet.load_controlnet")
+        from .controlnet import ControlRun
+
+        return ControlRun(self.controlnet, request.control.pixels(width, height), request.control, steps, cfg)
+
+    def _denoise(self, latents, timesteps, scheduler, cond: dict, guidance: float, cfg: bool, noise: Noise, on_step,
+                 control=None):  # fmt: skip
         """The sampling loop; returns the final latents and each step's seconds."""
         import paddle
 
@@ -191,9 +211,10 @@ class StableDiffusion:
         for i, t in enumerate(timesteps):
             tic = time.perf_counter()
             model_input = np.concatenate([latents, latents]) if cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
+            x = paddle.to_tensor(scheduler.scale_model_input(model_input, t), dtype=self.dtype)
+            residuals = control.residuals(i, x, float(t), cond) if control is not None else {}
             with paddle.no_grad():
-                out = self.unet(paddle.to_tensor(model_input, dtype=self.dtype), float(t), timestep_cond=timestep_cond, **cond)
+                out = self.unet(x, float(t), timestep_cond=timestep_cond, **cond, **residuals)
             pred = out.astype("float32").numpy()
             if cfg:
                 uncond, text = np.split(pred, 2)
@@ -312,17 +333,25 @@ TEXT_TO_IMAGE = ("stable_diffusion", "stable_diffusion_xl")
 
 
 def load_pipeline(
-    name: str, dtype: str = "float32", variant: str | None = None, config_dir: str | None = None, allow_pickle: bool = False
+    name: str, dtype: str = "float32", variant: str | None = None, config_dir: str | None = None, allow_pickle: bool = False,
+    loras: list | None = None,
 ) -> StableDiffusion:
-    """A pipeline from a registry alias, hub id, diffusers folder or single ``.safetensors`` file."""
+    """A pipeline from a registry alias, hub id, diffusers folder or single ``.safetensors`` file, with ``loras``
+    (lora.LoraSpec) merged into its weights."""
+    from .lora import apply_loras
+
+    return StableDiffusion(apply_loras(_parts(name, variant, config_dir, allow_pickle), loras or [], allow_pickle), dtype)
+
+
+def _parts(name: str, variant: str | None, config_dir: str | None, allow_pickle: bool) -> PipelineParts:
     from .loading import folder_parts, single_file_parts
 
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix != ".safetensors":
             raise InputError(f"{path.name} is not a .safetensors checkpoint", "pass a diffusers folder or a single-file .safetensors")
-        return StableDiffusion(single_file_parts(path, Path(config_dir) if config_dir else None), dtype)
-    return StableDiffusion(folder_parts(_pipeline_dir(name), variant, allow_pickle), dtype)
+        return single_file_parts(path, Path(config_dir) if config_dir else None)
+    return folder_parts(_pipeline_dir(name), variant, allow_pickle)
 
 
 def _pipeline_dir(name: str) -> Path:
@@ -331,6 +360,8 @@ def _pipeline_dir(name: str) -> Path:
     from ..vlm import model_dir
 
     spec = resolve_model(name).spec
+    if spec is not None and spec.task == "controlnet":
+        raise MixError(f"'{name}' is a ControlNet, not a pipeline", f"pass it as --controlnet {name} beside a Stable Diffusion model")
     if spec is not None and spec.family not in TEXT_TO_IMAGE:
         raise MixError(f"'{name}' is a {spec.task} model, not a text-to-image one", "see `mix models list` for text-to-image models")
     _, folder = model_dir(name)
@@ -366,12 +397,25 @@ def metadata(request: Request, result: Result, model: str, index: int = 0, laten
         extra += f", Batch size: {request.num_images}, Batch pos: {index}"
     if latents_file is not None:  # the initial noise came from this file, not from the seed
         fields["latents"] = latents_file
+    if result.loras:  # one `--lora` value a line; the parameters line gets a "Lora:" item each
+        fields["loras"] = "\n".join(lora_text(spec) for spec in result.loras)
+        extra += "".join(f", Lora: {lora_text(spec)}" for spec in result.loras)
+    if request.control is not None:
+        from .control import metadata_fields, parameters_text
+
+        fields.update(metadata_fields(request.control))
+        extra += parameters_text(request.control)
     negative = f"\nNegative prompt: {request.negative_prompt}" if request.negative_prompt else ""
     fields["parameters"] = (
         f"{request.prompt}{negative}\nSteps: {result.steps}, Sampler: {result.scheduler}, CFG scale: {fields['guidance']}, "
         f"Seed: {result.seed}, Size: {width}x{height}, Model: {model}{extra}"
     )
     return fields
+
+
+def lora_text(spec) -> str:
+    """A LoRA as `--lora` takes it: PATH:WEIGHT."""
+    return f"{spec.path}:{_number(spec.weight)}"
 
 
 def _number(value: float) -> str:

@@ -238,6 +238,16 @@ def _unet_plan(config: dict) -> Plan:
     return {ours: (UNET + theirs, None) for ours, theirs in _unet_pairs(config)}
 
 
+def unet_original_names(config: dict) -> dict[str, str]:
+    """diffusers UNet tensor name -> its name in the original LDM/SGM UNet (``input_blocks.1.0.in_layers.2.weight``),
+    the names kohya's SDXL LoRAs are keyed by; empty for UNets no single file holds."""
+    try:
+        _check_unet_config(config)
+    except CheckpointError:
+        return {}
+    return dict(_unet_pairs(config))
+
+
 def _unet_pairs(config: dict) -> Iterator[tuple[str, str]]:
     channels = list(config["block_out_channels"])
     blocks = len(channels)

@@ -125,13 +125,22 @@ def _unsupported(field: str, value) -> CheckpointError:
 
 def check_supported(cfg: UNetConfig) -> None:
     """Raise CheckpointError naming the first field whose value selects an architecture not implemented here."""
+    check_encoder(cfg)
+    for kind in cfg.up_block_types:
+        if kind not in UP_BLOCKS:
+            raise _unsupported("up_block_types", kind)
+    if len(cfg.up_block_types) != len(cfg.down_block_types):
+        raise _unsupported("up_block_types", cfg.up_block_types)
+
+
+def check_encoder(cfg: UNetConfig) -> None:
+    """check_supported for the parts a ControlNet shares with the UNet (all but the up blocks)."""
     for field, wanted in REQUIRED.items():
         if getattr(cfg, field) != wanted:
             raise _unsupported(field, getattr(cfg, field))
-    for field, allowed in (("down_block_types", DOWN_BLOCKS), ("up_block_types", UP_BLOCKS)):
-        for kind in getattr(cfg, field):
-            if kind not in allowed:
-                raise _unsupported(field, kind)
+    for kind in cfg.down_block_types:
+        if kind not in DOWN_BLOCKS:
+            raise _unsupported("down_block_types", kind)
     if cfg.mid_block_type not in MID_BLOCKS:
         raise _unsupported("mid_block_type", cfg.mid_block_type)
     if cfg.addition_embed_type not in (None, "text_time"):
@@ -142,7 +151,7 @@ def check_supported(cfg: UNetConfig) -> None:
         raise _unsupported("only_cross_attention", cfg.only_cross_attention)
     if not cfg.norm_num_groups:
         raise _unsupported("norm_num_groups", cfg.norm_num_groups)
-    if len(cfg.up_block_types) != len(cfg.down_block_types) or len(cfg.block_out_channels) != len(cfg.down_block_types):
+    if len(cfg.block_out_channels) != len(cfg.down_block_types):
         raise _unsupported("block_out_channels", cfg.block_out_channels)
 
 
@@ -249,9 +258,10 @@ class UpBlock(nn.Layer):
 # --- the model ----------------------------------------------------------------------------------
 
 
-class UNet2DConditionModel(nn.Layer):
-    """Predicts the noise (or v) of a latent batch at a timestep, conditioned on text states; SDXL adds
-    the pooled text embedding and the size/crop ids (``text_time``), LCM a guidance embedding."""
+class UNetEncoder(nn.Layer):
+    """What the UNet and a ControlNet share, as diffusers' ControlNetModel copies it from the UNet: the input
+    convolution, the time embedding (with SDXL's ``text_time`` and LCM's guidance embedding), the down blocks
+    and the mid block."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -266,35 +276,24 @@ class UNet2DConditionModel(nn.Layer):
             [DownBlock(cfg, i, ins[i], kind == "CrossAttnDownBlock2D") for i, kind in enumerate(cfg.down_block_types)]
         )
         self.mid_block = MidBlock(cfg) if cfg.mid_block_type else None
-        self.up_blocks = nn.LayerList(
-            [UpBlock(cfg, i, kind == "CrossAttnUpBlock2D") for i, kind in enumerate(cfg.up_block_types)]
-        )
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, channels[0], epsilon=cfg.norm_eps)
-        self.conv_out = Conv(channels[0], cfg.out_channels, cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2)
 
-    def forward(self, sample: paddle.Tensor, timestep, encoder_hidden_states: paddle.Tensor, text_embeds=None,
-                time_ids=None, timestep_cond=None) -> paddle.Tensor:  # fmt: skip
-        """The model output (B, out_channels, H, W) for latents (B, in_channels, H, W), a timestep (a number,
-        or a 0-d/1-d tensor broadcast over the batch) and text states (B, S, cross_attention_dim)."""
-        cfg = self.config
+    def embedding(self, timestep, sample: paddle.Tensor, timestep_cond=None, text_embeds=None, time_ids=None):
+        """The embedding (B, time_embed_dim) every resnet adds: timestep, plus SDXL's added embedding."""
         emb = self.embed_time(timestep, sample, timestep_cond)
-        if cfg.addition_embed_type == "text_time":
+        if self.config.addition_embed_type == "text_time":
             emb = emb + self.embed_added(text_embeds, time_ids, emb.dtype)
-        if cfg.center_input_sample:
-            sample = 2 * sample - 1.0
-        x = self.conv_in(sample)
+        return emb
+
+    def encode(self, x: paddle.Tensor, emb, context) -> tuple[paddle.Tensor, list[paddle.Tensor]]:
+        """The down and mid blocks over ``x`` (conv_in's output): the mid block's output and the skip
+        connections, ``x`` first."""
         skips = [x]
         for block in self.down_blocks:
-            x, block_skips = block(x, emb, encoder_hidden_states)
+            x, block_skips = block(x, emb, context)
             skips += block_skips
         if self.mid_block is not None:
-            x = self.mid_block(x, emb, encoder_hidden_states)
-        for i, block in enumerate(self.up_blocks):
-            taken = len(block.resnets)
-            block_skips, skips = skips[-taken:], skips[:-taken]
-            size = skips[-1].shape[2:] if skips else None  # the next block's resolution (odd sizes round up going down)
-            x = block(x, block_skips, emb, encoder_hidden_states, size)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+            x = self.mid_block(x, emb, context)
+        return x, skips
 
     def embed_time(self, timestep, sample: paddle.Tensor, condition=None) -> paddle.Tensor:
         """Timestep embedding (B, time_embed_dim), with LCM's guidance embedding when configured."""
@@ -319,6 +318,41 @@ class UNet2DConditionModel(nn.Layer):
         time_embeds = timestep_embedding(ids, cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
         time_embeds = time_embeds.reshape([text_embeds.shape[0], -1])
         return self.add_embedding(paddle.concat([text_embeds.astype(dtype), time_embeds.astype(dtype)], axis=-1))
+
+
+class UNet2DConditionModel(UNetEncoder):
+    """Predicts the noise (or v) of a latent batch at a timestep, conditioned on text states; SDXL adds
+    the pooled text embedding and the size/crop ids (``text_time``), LCM a guidance embedding."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__(config)
+        cfg, channels = config, config.block_out_channels
+        self.up_blocks = nn.LayerList(
+            [UpBlock(cfg, i, kind == "CrossAttnUpBlock2D") for i, kind in enumerate(cfg.up_block_types)]
+        )
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, channels[0], epsilon=cfg.norm_eps)
+        self.conv_out = Conv(channels[0], cfg.out_channels, cfg.conv_out_kernel, padding=(cfg.conv_out_kernel - 1) // 2)
+
+    def forward(self, sample: paddle.Tensor, timestep, encoder_hidden_states: paddle.Tensor, text_embeds=None,
+                time_ids=None, timestep_cond=None, down_residuals=None, mid_residual=None) -> paddle.Tensor:  # fmt: skip
+        """The model output (B, out_channels, H, W) for latents (B, in_channels, H, W), a timestep (a number,
+        or a 0-d/1-d tensor broadcast over the batch) and text states (B, S, cross_attention_dim); a
+        ControlNet's residuals are added to the skip connections and the mid block's output (diffusers'
+        down_block_additional_residuals, mid_block_additional_residual)."""
+        emb = self.embedding(timestep, sample, timestep_cond, text_embeds, time_ids)
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        x, skips = self.encode(self.conv_in(sample), emb, encoder_hidden_states)
+        if down_residuals is not None:
+            skips = [skip + residual for skip, residual in zip(skips, down_residuals, strict=True)]
+        if mid_residual is not None:
+            x = x + mid_residual
+        for block in self.up_blocks:
+            taken = len(block.resnets)
+            block_skips, skips = skips[-taken:], skips[:-taken]
+            size = skips[-1].shape[2:] if skips else None  # the next block's resolution (odd sizes round up going down)
+            x = block(x, block_skips, emb, encoder_hidden_states, size)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
 def build_unet(config: Mapping, weights: Mapping, dtype: str = "float32") -> UNet2DConditionModel:

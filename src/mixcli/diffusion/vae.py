@@ -13,6 +13,7 @@ from ..configs import Config
 from ..errors import CheckpointError
 from ..layers import build_for_inference
 from ..layers.cpu import permute
+from ..weights import rename
 from .blocks import Attention, Conv, Downsample2D, ResnetBlock2D, Upsample2D
 
 EPS = 1e-6  # every norm in diffusers' Encoder/Decoder
@@ -191,7 +192,23 @@ class AutoencoderKL(nn.Layer):
         return self.decoder(z)
 
 
+# The published SD1.5 VAE keeps the mid-block attention names of diffusers' old AttentionBlock; diffusers renames
+# them at load (ModelMixin._fix_state_dict_keys_on_load, the deprecated-attention-block conversion).
+MID_ATTENTION = r"^((?:en|de)coder\.mid_block\.attentions\.\d+\.)"
+NAME_RULES = [
+    (MID_ATTENTION + r"query\.", r"\1to_q."),
+    (MID_ATTENTION + r"key\.", r"\1to_k."),
+    (MID_ATTENTION + r"value\.", r"\1to_v."),
+    (MID_ATTENTION + r"proj_attn\.", r"\1to_out.0."),
+]
+
+
+def sanitize(weights: Mapping) -> Mapping:
+    """Checkpoint names -> this module's names. Pure and idempotent."""
+    return rename(weights, NAME_RULES)
+
+
 def build_vae(config: Mapping, weights: Mapping, dtype: str = "float32") -> AutoencoderKL:
     """A VAE from its config.json and its weights under diffusers' names (torch layout), in ``dtype``."""
     cfg = VAEConfig.from_dict(config)
-    return build_for_inference(lambda: AutoencoderKL(cfg), weights, dtype)
+    return build_for_inference(lambda: AutoencoderKL(cfg), sanitize(weights), dtype)

@@ -36,3 +36,16 @@ class KVCache:
     def advance(self, n: int) -> None:
         """Mark n more tokens as stored (after every layer has written them)."""
         self.offset += n
+
+
+class NoCache:
+    """The cache interface for one whole-sequence pass that keeps nothing (training): every layer gets
+    back the keys and values it gave, so autograd sees no in-place writes."""
+
+    offset = 0
+
+    def update(self, layer: int, k: paddle.Tensor, v: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        return k, v
+
+    def advance(self, n: int) -> None:
+        pass

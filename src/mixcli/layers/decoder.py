@@ -43,6 +43,22 @@ class DecoderConfig(Config):
             self.head_dim = self.hidden_size // self.num_attention_heads
 
 
+def split_linear(fused: FusedLinear, sizes: list[int]) -> list[Linear]:
+    """Linear layers holding the column blocks of a fused projection (no new initialisation)."""
+    from ..weights import load_into
+
+    weights = paddle.split(fused.weight, sizes, axis=1)
+    biases = [None] * len(sizes) if fused.bias is None else paddle.split(fused.bias, sizes, axis=0)
+    out = []
+    for weight, bias in zip(weights, biases):
+        with paddle.LazyGuard():
+            linear = Linear(weight.shape[0], weight.shape[1], bias_attr=None if bias is not None else False)
+        tensors = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+        load_into(linear, tensors, transpose=())
+        out.append(linear)
+    return out
+
+
 class Attention(nn.Layer):
     """Multi-head attention with grouped key/value heads and rotary positions."""
 
@@ -59,6 +75,13 @@ class Attention(nn.Layer):
         """Replace q/k/v by one projection: one weight stream and one matmul per step instead of three."""
         self.qkv_proj = FusedLinear([self.q_proj, self.k_proj, self.v_proj])
         del self.q_proj, self.k_proj, self.v_proj
+
+    def unfuse(self) -> None:
+        """Back to separate q/k/v parameters (training needs parameters, and LoRA their names)."""
+        if hasattr(self, "qkv_proj"):
+            sizes = [self.h * self.d, self.hkv * self.d, self.hkv * self.d]
+            self.q_proj, self.k_proj, self.v_proj = split_linear(self.qkv_proj, sizes)
+            del self.qkv_proj
 
     def project(self, x):
         """Queries and keys side by side (B, T, (H+Hkv)*D), and values (B, T, Hkv*D)."""
@@ -96,6 +119,12 @@ class MLP(nn.Layer):
         """One gate+up projection instead of two."""
         self.gate_up_proj = FusedLinear([self.gate_proj, self.up_proj])
         del self.gate_proj, self.up_proj
+
+    def unfuse(self) -> None:
+        if hasattr(self, "gate_up_proj"):
+            half = self.gate_up_proj.weight.shape[1] // 2
+            self.gate_proj, self.up_proj = split_linear(self.gate_up_proj, [half, half])
+            del self.gate_up_proj
 
     def forward(self, x):
         if hasattr(self, "gate_up_proj"):
@@ -160,6 +189,13 @@ class CausalLM(nn.Layer):
             layer.self_attn.fuse()
             layer.mlp.fuse()
 
+    def unfuse(self) -> None:
+        """Undo fuse(): the projections as separate Linear parameters again, under their checkpoint names."""
+        for layer in self.model.layers:
+            layer.self_attn.unfuse()
+            layer.mlp.unfuse()
+        self._fast = None
+
     def fast_decoder(self) -> NumpyDecoder | None:
         """The NumPy decode step when this model can use it (fused, float32, CPU), built once."""
         if not NumpyDecoder.usable(self):
@@ -193,9 +229,21 @@ class CausalLM(nn.Layer):
             cos, sin = self.rotary(past + position_offset, t, embeds.dtype)
         x, residual, last = embeds, None, len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers):
-            x, residual = layer(x, residual, cos, sin, cache, i, last_only and i == last)
+            x, residual = self._block(layer, x, residual, cos, sin, cache, i, last_only and i == last)
         cache.advance(t)
         return self.model.norm(x) if residual is None else self.model.norm.add_forward(x, residual)[0]
+
+    recompute = False  # training (--recompute): blocks keep no activations, backward runs them again
+
+    def _block(self, layer, x, residual, cos, sin, cache, i, last_only):
+        if not (self.recompute and paddle.is_grad_enabled()):
+            return layer(x, residual, cos, sin, cache, i, last_only)
+        from paddle.distributed.fleet.utils import recompute
+
+        if residual is None:  # recompute takes tensors: the first block's missing residual is its input
+            return recompute(lambda h, c, s: layer(h, None, c, s, cache, i, last_only), x, cos, sin, use_reentrant=False)
+        return recompute(lambda h, r, c, s: layer(h, r, c, s, cache, i, last_only), x, residual, cos, sin,
+                         use_reentrant=False)  # fmt: skip
 
     def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         if self.config.tie_word_embeddings:

@@ -27,7 +27,10 @@ def host_views(weight: paddle.Tensor, bias: paddle.Tensor | None, out_in: bool =
 
 
 def is_single_row(x: paddle.Tensor) -> bool:
-    return x.dtype == paddle.float32 and x.shape[-2] == 1 and int(np.prod(x.shape[:-2])) == 1
+    """One float32 row that no gradient flows through (NumPy records no autograd graph: training takes
+    the Paddle path)."""
+    no_grad = x.stop_gradient or not paddle.is_grad_enabled()
+    return x.dtype == paddle.float32 and x.shape[-2] == 1 and int(np.prod(x.shape[:-2])) == 1 and no_grad
 
 
 def row_product(x: paddle.Tensor, matrix: np.ndarray, bias: np.ndarray | None) -> paddle.Tensor:

@@ -211,3 +211,29 @@ class ViTEmbeddings(nn.Layer):
         grid = pos.reshape([1, self.grid, self.grid, -1]).transpose([0, 3, 1, 2]).astype("float32")
         grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
         return grid.reshape([1, -1, h * w]).transpose([0, 2, 1])
+
+
+class VisionTower(nn.Layer):
+    """transformers' CLIPVisionModel / SiglipVisionModel as the VLMs use them, under their parameter names:
+    patch embeddings (CLIP: a class token and no patch bias; SigLIP: the reverse), CLIP's ``pre_layrnorm``,
+    the encoder. The post-norm and SigLIP's pooling head serve only the pooled output, so they are not built."""
+
+    def __init__(self, spec: ViTSpec, depth: int, channels: int, patch: int, image_size: int, clip: bool):
+        super().__init__()
+        self.embeddings = ViTEmbeddings(spec.dim, channels, patch, image_size, class_token=clip, patch_bias=not clip,
+                                        table=True)  # fmt: skip
+        self.pre_layrnorm = LayerNorm(spec.dim, spec.eps) if clip else None
+        self.encoder = ViTEncoder(spec, depth)
+
+    def forward(self, pixel_values: paddle.Tensor, layers: list[int]) -> paddle.Tensor:
+        """(N, C, H, W) -> the hidden states ``layers`` (as transformers' hidden_states tuple counts them,
+        negative from the end) side by side on the feature axis: (N, T, D * len(layers))."""
+        x = self.embeddings(pixel_values)
+        if self.pre_layrnorm is not None:
+            x = self.pre_layrnorm(x)
+        wanted = [layer % (len(self.encoder.layers) + 1) for layer in layers]
+        states = [x]
+        for block in self.encoder.layers[: max(wanted)]:  # the blocks after the deepest one asked for never run
+            states.append(block(states[-1]))
+        picked = [states[i] for i in wanted]
+        return picked[0] if len(picked) == 1 else paddle.concat(picked, axis=-1)

@@ -33,6 +33,13 @@ def supported_types() -> list[str]:
     return sorted([*folders, *(alias for alias, folder in ALIASES.items() if folder in folders)])
 
 
+def family_task(model_type: str) -> str:
+    """"contrastive" for a family that embeds images and texts (its package's TASK), else "vlm"."""
+    if not is_supported(model_type):
+        return "vlm"
+    return getattr(import_module(f"{__name__}.{family_folder(model_type)}"), "TASK", "vlm")
+
+
 def family_module(model_type: str):
     """The family package implementing ``model_type``; an error listing the supported ones."""
     if not is_supported(model_type):

@@ -64,6 +64,11 @@ class VisionLanguageModel:
         """Last-position logits (1, V) of embeddings that follow the cached tokens."""
         return self.language_model(embeds, cache)
 
+    def decode_position(self, cache) -> int:
+        """The rotary position of the next token decoded against ``cache`` (mixcli.serve's batched
+        decoding runs the language model itself and needs it)."""
+        return cache.offset
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
@@ -83,3 +88,39 @@ class VisionLanguageModel:
                 f"the prompt needs {len(ids)} tokens but the model's context holds {self.context_length}", fix
             )
         return ids
+
+    # --- fine-tuning (mixcli.train) -----------------------------------------------------------
+    # Parameter-name prefixes (this module's names) of the vision tower and of the projector; the
+    # tower's excludes the projector's where it holds it (Qwen2-VL's merger).
+    vision_prefix: str = ""
+    projector_prefix: str = ""
+
+    def conversation_ids(self, messages: list[dict], image_tokens: list[int], generation_prompt: bool) -> list[int]:
+        """Token ids of a conversation ({"role": system|user|assistant, "text"} with <image> markers
+        where the images stand), each image expanded to ``image_tokens`` placeholders in order, through
+        the same template as ``prepare``; without a system message the template's default is used."""
+        raise NotImplementedError
+
+    def image_tokens(self, image) -> int:
+        """How many placeholder tokens one image (PIL) becomes."""
+        raise NotImplementedError
+
+    def training_prompt(self, ids: list[int], images: list):
+        """A prompt record of given ids and images, for ``embed_prompt``."""
+        raise NotImplementedError
+
+    def hidden_states(self, embedded, cache) -> paddle.Tensor:
+        """Final hidden states (1, T, H) of a whole embedded prompt (the record embed_prompt made)."""
+        return self.language_model.hidden_states(embedded, cache)
+
+    def hf_name(self, name: str) -> str:
+        """A parameter or layer name of this module as transformers 5 names it in the family's model."""
+        raise NotImplementedError
+
+    def hf_tensors(self, tensors: dict) -> dict:
+        """Tensors under this module's names (torch layout) as transformers 5 names them."""
+        raise NotImplementedError
+
+    def authors_tensors(self, tensors: dict) -> dict:
+        """Tensors under this module's names (torch layout) as the published checkpoints name them."""
+        raise NotImplementedError

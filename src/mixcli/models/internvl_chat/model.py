@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,23 @@ from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
 from ...layers.linear import Linear
 from ...layers.multimodal import place_features
+from ...adapters import merge_adapter
 from ...tokenizer import TextTokenizer
 from ..base import VisionLanguageModel
 from ...weights import Checkpoint, open_checkpoint, rename
 from .config import InternVLConfig
 from .conversation import get_template
-from .processing import IMG_CONTEXT, build_prompt_text, pixel_values, question_with_frames, question_with_images
+from . import names
+from .processing import (
+    IMG_CONTEXT,
+    IMG_END,
+    IMG_START,
+    build_prompt_text,
+    pixel_values,
+    question_with_frames,
+    question_with_images,
+    tile_grid,
+)
 from .vision import InternViT
 
 
@@ -164,10 +176,12 @@ class InternVL(VisionLanguageModel):
         self.image_token_id = tokenizer.require_id(IMG_CONTEXT)
 
     def prepare(
-        self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None, max_tiles: int | None = None
+        self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None, max_tiles: int | None = None,
+        system: str | None = None,
     ) -> Prompt:
         """Tokenized prompt for a conversation whose first question carries the images; a video
-        (a mixcli.video.Clip) becomes one tile per frame with 'Frame{i}: ' prefixes (upstream's load_video)."""
+        (a mixcli.video.Clip) becomes one tile per frame with 'Frame{i}: ' prefixes (upstream's load_video).
+        ``system`` replaces the template's system message (upstream's model.system_message)."""
         if video is not None:
             if images:
                 raise MixError(
@@ -179,7 +193,7 @@ class InternVL(VisionLanguageModel):
         if images and not any("<image>" in question for question, _ in turns):
             first, answer = turns[0]
             turns = [(question_with_images(first, len(images)), answer)] + list(turns[1:])
-        text = build_prompt_text(self.config, turns, [len(t) for t in tiles])
+        text = build_prompt_text(self.config, turns, [len(t) for t in tiles], system)
         fix = "fewer frames (--frames, --fps)" if video is not None else "fewer or smaller images (--max-tiles)"
         ids = self.check_context(self.tokenizer.encode(text), f"use {fix} or a shorter question")
         return Prompt(text=text, ids=ids, pixel_values=np.concatenate(tiles) if tiles else None)
@@ -199,6 +213,52 @@ class InternVL(VisionLanguageModel):
         return self.net.embed(prompt.ids, prompt.pixel_values, self.image_token_id)
 
 
+    # --- fine-tuning ---------------------------------------------------------------------------
+
+    vision_prefix, projector_prefix = "vision_model.", "mlp1."
+
+    def conversation_ids(self, messages: list[dict], image_tokens: list[int], generation_prompt: bool) -> list[int]:
+        """The template's MPT text with each <image> replaced where it stands by its context tokens
+        (upstream's training preprocess), a system message replacing the template's."""
+        template, body = self.template, list(messages)
+        if body and body[0]["role"] == "system":
+            template, body = dataclasses.replace(template, system_message=body[0]["text"]), body[1:]
+        pairs = []
+        for m in body:
+            if m["role"] == "user":
+                pairs.append((m["text"], None))
+            else:
+                pairs[-1] = (pairs[-1][0], m["text"])
+        text = template.prompt(pairs)
+        if text.count("<image>") != len(image_tokens):
+            raise MixError(f"{text.count('<image>')} <image> markers for {len(image_tokens)} images",
+                           "use one <image> marker per image")
+        for n in image_tokens:
+            text = text.replace("<image>", IMG_START + IMG_CONTEXT * n + IMG_END, 1)
+        return self.tokenizer.encode(text)
+
+    def image_tokens(self, image: Image.Image) -> int:
+        cfg = self.config
+        tiles = 1
+        if cfg.dynamic_image_size:
+            cols, rows = tile_grid(image.width, image.height, cfg.min_dynamic_patch, cfg.max_dynamic_patch, cfg.image_size)
+            tiles = cols * rows + (1 if cfg.use_thumbnail and cols * rows != 1 else 0)
+        return tiles * cfg.num_image_token
+
+    def training_prompt(self, ids: list[int], images: list[Image.Image]) -> Prompt:
+        tiles = [pixel_values(image, self.config) for image in images]
+        return Prompt("", ids, np.concatenate(tiles) if tiles else None)
+
+    def hf_name(self, name: str) -> str:
+        return names.hf_name(name)
+
+    def hf_tensors(self, tensors: dict) -> dict:
+        return names.hf_tensors(tensors)
+
+    def authors_tensors(self, tensors: dict) -> dict:
+        return names.authors_tensors(tensors, self.config)
+
+
 def with_frames(turns: list[tuple[str, str | None]], n_frames: int) -> list[tuple[str, str | None]]:
     """The video's 'Frame{i}: <image>' lines at its <video> marker, else before the last question."""
     marked = [i for i, (question, _) in enumerate(turns) if "<video>" in question]
@@ -210,10 +270,13 @@ def with_frames(turns: list[tuple[str, str | None]], n_frames: int) -> list[tupl
     return list(turns[:-1]) + [(frames + turns[-1][0], turns[-1][1])]
 
 
-def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False) -> InternVL:
-    """Build the network from config.json and load the original checkpoint into it."""
+def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False, adapter=None) -> InternVL:
+    """Build the network from config.json and load the original checkpoint into it, with a LoRA
+    adapter (a mixcli.adapters.Adapter) merged."""
     cfg = InternVLConfig.from_dict(config)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
+    if adapter is not None:
+        checkpoint = merge_adapter(checkpoint, adapter, config)
     weights = sanitize(checkpoint, cfg, checkpoint.layout)
     net = build_for_inference(lambda: InternVLChat(cfg), weights, dtype, checkpoint.layout)
     net.language_model.fuse()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from PIL import Image
 
@@ -88,10 +90,14 @@ def question_with_frames(question: str, n_frames: int) -> str:
 
 
 def build_prompt_text(
-    cfg: InternVLConfig, turns: list[tuple[str, str | None]], num_patches: list[int]
+    cfg: InternVLConfig, turns: list[tuple[str, str | None]], num_patches: list[int], system: str | None = None
 ) -> str:
-    """The conversation template filled in, each <image> expanded to its context tokens."""
-    text = get_template(cfg.template).prompt(turns)
+    """The conversation template filled in (with ``system`` as its system message when given), each
+    <image> expanded to its context tokens."""
+    template = get_template(cfg.template)
+    if system is not None:
+        template = dataclasses.replace(template, system_message=system)
+    text = template.prompt(turns)
     placeholders = text.count("<image>")
     if placeholders != len(num_patches):
         raise MixError(

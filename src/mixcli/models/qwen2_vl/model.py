@@ -11,21 +11,25 @@ import paddle
 from paddle import nn
 from PIL import Image
 
+from ...adapters import merge_adapter
 from ..base import VisionLanguageModel
 from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
 from ...layers.multimodal import place_features
-from ...tokenizer import TextTokenizer, chat_messages, expand_pads, load_chat_template, render_chat
+from ...tokenizer import TextTokenizer, chat_messages, expand_pads, load_chat_template, render_chat, user_content
 from ...weights import open_checkpoint, rename
+from . import names
 from .config import Qwen2VLConfig
 from .processing import (
     IMAGE_PAD,
     VIDEO_PAD,
     ImageProcessorConfig,
     VideoProcessorConfig,
+    check_image,
     check_max_pixels,
     image_patches,
     rope_index,
+    smart_resize,
     video_patches,
 )
 from .vision import VisionTransformer
@@ -105,12 +109,18 @@ class Qwen2VL(VisionLanguageModel):
         self.chat_template = load_chat_template(self.path)
         self.video_processor = video_processor or VideoProcessorConfig.from_dir(self.path, self.context_length)
 
-    def prepare(self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None) -> Prompt:
+    def prepare(
+        self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None, system: str | None = None
+    ) -> Prompt:
         """Tokenized prompt for a conversation. Images belong to the first question and the video
         (a mixcli.video.Clip: frames and their sampled fps) to the last, unless <image> / <video>
-        markers place them; upstream's processor takes both in one message."""
+        markers place them; upstream's processor takes both in one message. ``system`` replaces the
+        template's default system message."""
         patches = [image_patches(image, self.processor) for image in images]
-        text = render_chat(self.chat_template, chat_messages(turns, len(images), video is not None))
+        messages = chat_messages(turns, len(images), video is not None)
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        text = render_chat(self.chat_template, messages)
         merge = self.processor.merge_size**2
         text = expand_pads(text, IMAGE_PAD, [int(np.prod(grid)) // merge for _, grid in patches])
         pixels = np.concatenate([p for p, _ in patches]) if patches else None
@@ -167,16 +177,59 @@ class Qwen2VL(VisionLanguageModel):
             return lm(embeds.embeds, cache, all_logits, positions=embeds.positions)
         return lm(embeds, cache, all_logits, position_offset=cache.rope_delta)
 
+    def decode_position(self, cache) -> int:
+        return cache.offset + cache.rope_delta
+
+
+    # --- fine-tuning ---------------------------------------------------------------------------
+
+    vision_prefix, projector_prefix = "visual.", "visual.merger."
+
+    def conversation_ids(self, messages: list[dict], image_tokens: list[int], generation_prompt: bool) -> list[int]:
+        chat = [
+            {"role": m["role"], "content": user_content(m["text"], 0) if m["role"] == "user" else
+             [{"type": "text", "text": m["text"]}]}
+            for m in messages
+        ]  # fmt: skip
+        text = render_chat(self.chat_template, chat, add_generation_prompt=generation_prompt)
+        return self.tokenizer.encode(expand_pads(text, IMAGE_PAD, image_tokens))
+
+    def image_tokens(self, image: Image.Image) -> int:
+        cfg = self.processor
+        check_image(image, cfg)
+        height, width = smart_resize(image.height, image.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+        return (height // cfg.patch_size) * (width // cfg.patch_size) // cfg.merge_size**2
+
+    def training_prompt(self, ids: list[int], images: list[Image.Image]) -> Prompt:
+        patches = [image_patches(image, self.processor) for image in images]
+        pixels = np.concatenate([p for p, _ in patches]) if patches else None
+        grids = np.array([g for _, g in patches], dtype=np.int64) if patches else None
+        return Prompt("", ids, pixels, grids)
+
+    def hidden_states(self, embedded: Embedded, cache) -> paddle.Tensor:
+        return self.net.language_model.hidden_states(embedded.embeds, cache, positions=embedded.positions)
+
+    def hf_name(self, name: str) -> str:
+        return names.hf_name(name)
+
+    def hf_tensors(self, tensors: dict) -> dict:
+        return names.hf_tensors(tensors)
+
+    def authors_tensors(self, tensors: dict) -> dict:
+        return names.authors_tensors(tensors)
+
 
 def _rows(grids: np.ndarray | None) -> list[list[int]]:
     return [] if grids is None else grids.tolist()
 
 
 def load(
-    path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False, max_pixels: int | None = None
+    path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False, max_pixels: int | None = None,
+    adapter=None,
 ) -> Qwen2VL:
-    """Build the network from config.json and load the published checkpoint into it;
-    max_pixels overrides preprocessor_config.json's and caps each video frame too."""
+    """Build the network from config.json and load the published checkpoint into it, with a LoRA
+    adapter (a mixcli.adapters.Adapter) merged; max_pixels overrides preprocessor_config.json's and caps
+    each video frame too."""
     cfg = Qwen2VLConfig.from_dict(config)
     processor = ImageProcessorConfig.from_dir(Path(path))
     video_processor = VideoProcessorConfig.from_dir(Path(path), cfg.text.max_position_embeddings)
@@ -184,6 +237,8 @@ def load(
         processor.max_pixels = video_processor.max_pixels_cap = max_pixels
         check_max_pixels(processor)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
+    if adapter is not None:
+        checkpoint = merge_adapter(checkpoint, adapter, config)
     net = build_for_inference(lambda: Qwen2VLNet(cfg), sanitize(checkpoint, cfg), dtype, checkpoint.layout)
     net.language_model.fuse()
     return Qwen2VL(net, TextTokenizer.from_dir(path), Path(path), processor, video_processor)

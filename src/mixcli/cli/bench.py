@@ -1,0 +1,110 @@
+"""`mix bench infer|compare`: measure the real commands' work, beside the reference stack."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import output
+from .options import DeviceOpt, DtypeOpt, JsonOpt, MaxPixelsOpt, ModelArg
+
+app = typer.Typer(help="Measure inference speed, beside the reference stack.", no_args_is_help=True)
+
+RunsOpt = Annotated[int, typer.Option("--runs", metavar="N", min=1, help="Measured runs, after the warm-up.")]
+WarmupOpt = Annotated[int, typer.Option("--warmup", metavar="N", min=0, help="Unmeasured runs first.")]
+RandomWeightsOpt = Annotated[
+    bool,
+    typer.Option("--random-weights",
+                 help="Random weights with the alias's real configuration, written once to the cache (no download)."),
+]  # fmt: skip
+SaveOpt = Annotated[Optional[str], typer.Option("--save", metavar="FILE", help="Also write the JSON report to FILE.")]
+ImagesArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Image files (default: a built-in 448x448 image).", show_default=False),
+]
+
+
+def _compare_opt(*stacks: str):
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in stacks:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(stacks)}")
+        return value
+
+    return Annotated[
+        Optional[str],
+        typer.Option("--compare", metavar="REF", callback=check,
+                     help=f"Run the same workload on {' or '.join(stacks)} in its own process, side by side."),
+    ]  # fmt: skip
+
+
+def _show(report: dict) -> None:
+    from ..bench.report import columns, summary_lines, table_rows
+
+    output.table(table_rows(report), columns(report))
+    for line in summary_lines(report):
+        output.result(line)
+
+
+def _finish(report: dict, as_json: bool, save: str | None) -> None:
+    from ..bench.report import save as save_report
+
+    if save:
+        save_report(report, save)
+    output.emit(report, as_json, _show)
+    if save:
+        output.log(f"saved {save}")
+
+
+@app.command("infer")
+def infer(
+    model: ModelArg,
+    images: ImagesArg = None,
+    question: Annotated[Optional[str], typer.Option("--question", "-q", help="The question (default: a fixed one).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", metavar="N", help="Tokens generated every run, past any stop token.")] = 64,
+    runs: RunsOpt = 3,
+    warmup: WarmupOpt = 1,
+    random_weights: RandomWeightsOpt = False,
+    compare: _compare_opt("transformers") = None,
+    max_pixels: MaxPixelsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_output: JsonOpt = False,
+    save: SaveOpt = None,
+) -> None:
+    """Time mix infer: load, first token (preprocessing, vision, prefill), decode, end to end."""
+    from ..bench.infer import QUESTION, InferSettings, bench_infer, builtin_image
+    from ..runtime import resolve_device
+
+    resolve_device(device)  # an unusable device fails before anything is written or loaded
+    name = _random_checkpoint(model) if random_weights else model
+    settings = InferSettings([*(images or [])] or [str(builtin_image())], question or QUESTION, max_new_tokens, runs, warmup)
+    report = bench_infer(name, settings, device, dtype, compare, output.log, max_pixels=max_pixels)
+    report |= {"model": model, "random_weights": random_weights}
+    _finish(report, json_output, save)
+
+
+def _random_checkpoint(alias: str) -> str:
+    from ..bench.random_weights import random_checkpoint
+
+    return str(random_checkpoint(alias, output.log))
+
+
+@app.command("compare")
+def compare(
+    a: Annotated[str, typer.Argument(metavar="A", help="A report saved with --save (the baseline).")],
+    b: Annotated[str, typer.Argument(metavar="B", help="Another report (speedup > 1: B is faster).")],
+    json_output: JsonOpt = False,
+) -> None:
+    """Two saved reports side by side: a regression check across commits or machines."""
+    from ..bench.report import compare_rows, describe, load
+
+    first, second = load(a), load(b)
+    rows = compare_rows(first, second)
+
+    def show(_) -> None:
+        output.result(f"A: {describe(first)}")
+        output.result(f"B: {describe(second)}")
+        output.table(rows, ["metric", "a", "b", "speedup"], ["metric", "A", "B", "B speedup"])
+
+    output.emit({"a": a, "b": b, "rows": rows}, json_output, show)
