@@ -84,6 +84,29 @@ def infer(
     _finish(report, json_output, save)
 
 
+@app.command("ocr")
+def ocr(
+    images: Annotated[
+        Optional[list[str]],
+        typer.Argument(metavar="[IMAGE]...", help="Image files (default: a built-in page of text).", show_default=False),
+    ] = None,
+    runs: RunsOpt = 3,
+    warmup: WarmupOpt = 1,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+    save: SaveOpt = None,
+) -> None:
+    """Time PP-OCRv4: images/s and detection, direction, recognition.
+
+    The pipeline `mix infer ppocr-v4` runs, every image read once per run after the warm-up."""
+    from ..bench.ocr import OcrSettings, bench_ocr, builtin_page
+    from ..ocr.pipeline import resolve_device
+
+    resolve_device(device)  # an unusable device fails before anything is written or loaded
+    settings = OcrSettings([*(images or [])] or [str(builtin_page())], runs, warmup)
+    _finish(bench_ocr(settings, device, output.log), json_output, save)
+
+
 def _random_checkpoint(alias: str) -> str:
     from ..bench.random_weights import random_checkpoint
 
