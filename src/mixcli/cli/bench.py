@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import output
+from .generate import _check_scheduler, _complete_scheduler, _size
 from .options import DeviceOpt, DtypeOpt, JsonOpt, MaxPixelsOpt, ModelArg
 
 app = typer.Typer(help="Measure inference speed, beside the reference stack.", no_args_is_help=True)
@@ -82,6 +83,32 @@ def infer(
     report = bench_infer(name, settings, device, dtype, compare, output.log, max_pixels=max_pixels)
     report |= {"model": model, "random_weights": random_weights}
     _finish(report, json_output, save)
+
+
+@app.command("generate")
+def generate(
+    model: ModelArg,
+    prompt: Annotated[str, typer.Option("--prompt", metavar="TEXT", help="What to draw.")] = "a watercolor fox in the snow",
+    steps: Annotated[int, typer.Option("--steps", min=1, metavar="N", help="Denoising steps per image.")] = 20,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", metavar="G", help="Guidance scale; above 1 the UNet runs a batch of 2 (default 7.5, SDXL 5).")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Image size (default: the model's native size).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="NAME", callback=_check_scheduler, autocompletion=_complete_scheduler, help="Scheduler (default: the checkpoint's).")] = None,
+    runs: RunsOpt = 3,
+    warmup: WarmupOpt = 1,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_output: JsonOpt = False,
+    save: SaveOpt = None,
+) -> None:
+    """Time Stable Diffusion: s per UNet step, VAE decode, images/s.
+
+    The path `mix generate` runs, one image per run after the warm-up."""
+    from ..bench.generate import GenerateSettings, bench_generate
+    from ..runtime import resolve_device
+
+    resolve_device(device)
+    settings = GenerateSettings(prompt, steps, guidance, _size(size), scheduler, runs, warmup)
+    _finish(bench_generate(model, settings, device, dtype, output.log), json_output, save)
 
 
 @app.command("ocr")
