@@ -24,6 +24,12 @@ from .options import (
 )
 
 HostOpt = Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on (0.0.0.0: every interface).")]
+AllowHostOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--allow-host", metavar="NAME",
+                 help="Also answer requests whose Host header is NAME (any port) or NAME:PORT; repeatable; "
+                      "'*' answers any. Others get 421 (DNS-rebinding protection)."),
+]  # fmt: skip
 PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, metavar="N", help="Port to listen on (0: any free one).")]
 ApiKeyOpt = Annotated[
     Optional[str],
@@ -54,6 +60,7 @@ def command(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     api_key: ApiKeyOpt = None,
+    allow_host: AllowHostOpt = None,
     max_queue: MaxQueueOpt = 16,
     max_batch: MaxBatchOpt = 8,
     max_body_mb: MaxBodyOpt = 20.0,
@@ -74,11 +81,13 @@ def command(
 ) -> None:
     """Serve a model with OpenAI's HTTP API and a chat page.
 
-    The sampling options are the defaults for requests that leave them out."""
+    The sampling options are the defaults for requests that leave them out. Requests must name the
+    server in their Host header: its address, localhost when it listens on loopback, or an --allow-host."""
     from ..serve.server import require_packages
 
     require_packages()
     from ..serve.app import ServerState
+    from ..serve.hosts import host_policy
     from ..serve.media import MB, MediaPolicy
     from ..serve.server import Limits, bind, is_pipeline, load_state, run
 
@@ -86,9 +95,11 @@ def command(
         raise MixError("the API key is empty", "pass --api-key KEY or unset MIX_API_KEY")
     defaults = sampling_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty, None, None)
     defaults.validate()
+    allow_hosts = tuple(allow_host or ())
+    host_policy(host, port, allow_hosts)  # a malformed --allow-host fails before loading
     limits = Limits(max_queue, max_batch, max_body_mb, timeout)
     media = MediaPolicy(allow_local_media, allow_remote_media, max_pixels=max_image_pixels)
-    state = ServerState(model, defaults=defaults, media=media, api_key=api_key,
+    state = ServerState(model, defaults=defaults, media=media, api_key=api_key, allow_hosts=allow_hosts,
                         max_body_bytes=int(max_body_mb * MB), timeout_s=timeout)  # fmt: skip
     sock = bind(host, port)  # a busy port fails before minutes of loading
     load = {} if is_pipeline(model) else {"adapter": adapter, "max_pixels": max_pixels}

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from ..errors import MixError
 from ..generation import SamplingConfig
 from .errors import ApiError, bad_request
+from .hosts import HostPolicy, refusal
 from .media import MB, MediaPolicy
 
 OPEN_PATHS = ("/health", "/")  # the chat page is static; the API calls it makes carry the key
@@ -38,6 +39,7 @@ class ServerState:
     defaults: SamplingConfig = field(default_factory=SamplingConfig)
     media: MediaPolicy = field(default_factory=MediaPolicy)
     api_key: str | None = None
+    allow_hosts: tuple[str, ...] = ()  # --allow-host: names beyond the bound address (hosts.host_policy)
     max_body_bytes: int = 20 * MB
     timeout_s: float = 600.0
     created: int = field(default_factory=lambda: int(time.time()))
@@ -115,9 +117,10 @@ async def http_error(request: Request, exc: HTTPException):
     return error_response(ApiError(exc.status_code, message, kind))
 
 
-def build_app(state: ServerState) -> Starlette:
+def build_app(state: ServerState, hosts: HostPolicy | None = None) -> Starlette:
     """The application for one loaded model: chat completions for a vision-language model, image
-    generations for a diffusion pipeline."""
+    generations for a diffusion pipeline. ``hosts``: the Host headers it answers (server.make_server
+    derives them from the socket; None, for an app not on a socket, checks none)."""
     from . import chat, images
 
     routes = [Route("/health", health), Route("/v1/models", list_models), Route("/", chat_page)]
@@ -128,6 +131,8 @@ def build_app(state: ServerState) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.mix = state
     app.add_middleware(ApiKey, key=state.api_key)
+    if hosts is not None:
+        app.add_middleware(HostCheck, policy=hosts)
     app.add_middleware(RequestLog)
     return app
 
@@ -148,6 +153,22 @@ class ApiKey:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key.encode())
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header the policy refuses gets a 421, on every route."""
+
+    def __init__(self, app, policy: HostPolicy):
+        self.app, self.policy = app, policy
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        raw = dict(scope["headers"]).get(b"host")
+        header = raw.decode("latin-1") if raw is not None else None
+        if self.policy.allows(header):
+            return await self.app(scope, receive, send)
+        await error_response(refusal(header))(scope, receive, send)
 
 
 class RequestLog:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MixError
+from .hosts import host_policy
 
 DRAIN_S = 3.0  # after SIGTERM, how long running requests may go on before they are cancelled
 
@@ -94,7 +95,8 @@ def make_server(state, sock: socket.socket, drain_s: float = DRAIN_S):
                 if worker is not None:
                     worker.drain(drain_s)
 
-    config = uvicorn.Config(build_app(state), log_level="warning", access_log=False, lifespan="off",
+    hosts = host_policy(*sock.getsockname()[:2], state.allow_hosts)
+    config = uvicorn.Config(build_app(state, hosts), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=int(drain_s) + 2)  # fmt: skip
     return Server(config)
 
@@ -104,6 +106,10 @@ def run(state, sock: socket.socket, drain_s: float = DRAIN_S) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {state.name} on http://{shown}:{port} (chat page: http://{shown}:{port}/)", file=sys.stderr, flush=True)
+    if host_policy(host, port, state.allow_hosts).unasked_wildcard:
+        print(f"warning: listening on every interface ({shown}) answers any Host header, which leaves the server "
+              "open to DNS rebinding from web pages; pass --allow-host NAME for each name clients use",
+              file=sys.stderr, flush=True)  # fmt: skip
     try:
         make_server(state, sock, drain_s).run(sockets=[sock])
     finally:
