@@ -188,9 +188,13 @@ def infer_metrics(load_s: float, runs: list[RunTimes], image_ids: set[int], devi
 
 def bench_infer(model: str, settings: InferSettings, device: str | None = None, dtype: str | None = None,
                 compare: str | None = None, progress: Callable[[str], None] = lambda line: None,
-                **load_options) -> dict:  # fmt: skip
+                concurrency: int = 1, **load_options) -> dict:  # fmt: skip
     """The `mix bench infer` report of MODEL (an alias, repo id or folder) on the settings' workload;
-    with ``compare`` ("transformers") the reference's report beside it, their ratios and token agreement."""
+    with ``compare`` ("transformers") the reference's report beside it, their ratios and token agreement;
+    with ``concurrency`` above 1, also that many requests decoded together by `mix serve`'s engine
+    (bench/concurrency.py), which the reference has no counterpart of."""
+    if concurrency > 1 and compare:
+        raise ValueError("--compare runs one request at a time; it has no --concurrency above 1")
     from ..images import check_image_path
     from ..runtime import default_dtype, resolve_device
     from ..vlm import check_model, load_vlm, model_dir
@@ -210,11 +214,12 @@ def bench_infer(model: str, settings: InferSettings, device: str | None = None, 
     loaded = load_vlm(model, dev, dtype, command="bench", **load_options)
     runs, prompt = measure(loaded, dev, settings, progress)
     metrics = infer_metrics(loaded.load_s, runs, image_token_ids(loaded.model), dev)
+    concurrent = concurrently(loaded, settings, concurrency, metrics, runs[0].token_ids, progress)
     report = {
         "task": "infer", "model": model, "device": dev, "dtype": dtype or default_dtype(dev),
         "machine": fingerprint(dev, bandwidth), "settings": settings.to_dict(), "metrics": metrics,
         "output": {"token_ids": runs[0].token_ids, "text": runs[0].text},
-    }  # fmt: skip
+    } | concurrent  # fmt: skip
     if bandwidth:
         lm_bytes = decode_bytes_per_token(loaded.model.language_model)
         report["roofline"] = roofline(headline(metrics["decode_tokens_per_s"]), lm_bytes, bandwidth)
@@ -222,6 +227,20 @@ def bench_infer(model: str, settings: InferSettings, device: str | None = None, 
         del loaded  # the reference's process gets the memory
         report |= versus(compare, folder, prompt, settings, metrics, runs[0].token_ids, paths, progress)
     return report
+
+
+def concurrently(loaded, settings: InferSettings, concurrency: int, metrics: dict, alone: list[int],
+                 progress: Callable[[str], None]) -> dict:  # fmt: skip
+    """Adds the concurrency figures to ``metrics`` (one request alone: its own decode rate is the
+    aggregate); returns the report's "concurrent" entry (the tokens of each request) above 1."""
+    from .concurrency import concurrency_metrics, concurrent_output, measure_concurrent
+
+    if concurrency <= 1:
+        metrics |= {"concurrency": 1, "aggregate_tokens_per_s": metrics["decode_tokens_per_s"]}
+        return {}
+    rounds = measure_concurrent(loaded, settings, concurrency, progress)
+    metrics |= concurrency_metrics(rounds, concurrency, metrics)
+    return {"concurrent": concurrent_output(rounds, alone)}
 
 
 def versus(stack: str, folder: Path, prompt, settings: InferSettings, mine: dict, my_tokens: list[int],

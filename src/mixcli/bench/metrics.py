@@ -55,6 +55,7 @@ def roofline(tokens_per_second: float | None, bytes_per_token: int, bandwidth: f
 # Whether a larger figure is better, for each metric a ratio is taken of.
 HIGHER_IS_BETTER = {
     "load_s": False, "ttft_s": False, "tpot_s": False, "e2e_s": False, "decode_tokens_per_s": True,
+    "aggregate_tokens_per_s": True,
     "prefill_tokens_per_s": True, "peak_rss_mb": False, "images_per_s": True, "step_s": False,
     "vae_decode_s": False, "det_s": False, "cls_s": False, "rec_s": False,
 }  # fmt: skip

@@ -14,7 +14,10 @@ ROWS = (
     ("load_s", "load (s)"), ("ttft_s", "time to first token (s)"), ("preprocess_s", "  preprocessing (s)"),
     ("vision_s", "  vision encoding (s)"), ("prefill_s", "  prefill (s)"),
     ("prefill_tokens_per_s", "prefill (tokens/s)"), ("tpot_s", "time per output token (s)"),
-    ("decode_tokens_per_s", "decode (tokens/s)"), ("step_s", "UNet step (s)"), ("vae_decode_s", "VAE decode (s)"),
+    ("decode_tokens_per_s", "decode (tokens/s)"), ("aggregate_tokens_per_s", "decode, all requests (tokens/s)"),
+    ("concurrent_ttft_s", "  per request: first token (s)"), ("concurrent_tpot_s", "  per request: per token (s)"),
+    ("concurrent_decode_tokens_per_s", "  per request: decode (tokens/s)"),
+    ("concurrent_e2e_s", "  per request: end to end (s)"), ("step_s", "UNet step (s)"), ("vae_decode_s", "VAE decode (s)"),
     ("det_s", "detection (s)"), ("cls_s", "direction (s)"), ("rec_s", "recognition (s)"),
     ("images_per_s", "images/s"), ("e2e_s", "end to end (s)"), ("peak_rss_mb", "peak RSS (MB)"),
     ("device_peak_mb", "device peak (MB)"),
@@ -65,6 +68,8 @@ def summary_lines(report: dict) -> list[str]:
         r = report["roofline"]
         lines.append(f"decode bound: {r['read_bandwidth_gb_s']} GB/s read / {r['weight_gb_per_token']} GB per token "
                      f"= {r['bound_tokens_per_s']} tokens/s; mix reaches {r['share_of_bound']} of it")  # fmt: skip
+    if m.get("concurrency", 1) > 1:
+        lines.append(concurrency_line(m, report.get("concurrent") or {}))
     if report.get("reference"):
         ref = report["reference"]
         lines.append(f"reference: {ref['stack']} {' '.join(f'{k} {v}' for k, v in ref['versions'].items())} "
@@ -72,6 +77,12 @@ def summary_lines(report: dict) -> list[str]:
     if report.get("agreement"):
         lines.append(agreement_line(report["agreement"]))
     return lines
+
+
+def concurrency_line(m: dict, concurrent: dict) -> str:
+    same = f"; {concurrent['same_as_alone']}/{concurrent['requests']} requests decoded the tokens of one alone" if concurrent else ""
+    return (f"concurrency: {m['concurrency']} requests decoded together (mix serve's batched engine): "
+            f"{_cell(m['aggregate_tokens_per_s'])} tokens/s in all, {m['concurrency_speedup']}x one request alone{same}")
 
 
 def agreement_line(agreement: dict) -> str:

@@ -67,20 +67,26 @@ def infer(
     warmup: WarmupOpt = 1,
     random_weights: RandomWeightsOpt = False,
     compare: _compare_opt("transformers") = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", metavar="C", min=1, help="Also decode C requests together, as mix serve batches them: aggregate tokens/s and per-request times.")] = 1,
     max_pixels: MaxPixelsOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json_output: JsonOpt = False,
     save: SaveOpt = None,
 ) -> None:
-    """Time mix infer: load, first token (preprocessing, vision, prefill), decode, end to end."""
+    """Time mix infer: load, first token (preprocessing, vision, prefill), decode, end to end.
+
+    With --concurrency C, then C requests at once through mix serve's batched decoding."""
     from ..bench.infer import QUESTION, InferSettings, bench_infer, builtin_image
     from ..runtime import resolve_device
 
+    if compare and concurrency > 1:
+        raise typer.BadParameter(f"--compare {compare} decodes one request at a time; drop --compare or --concurrency",
+                                 param_hint="'--concurrency'")  # fmt: skip
     resolve_device(device)  # an unusable device fails before anything is written or loaded
     name = _random_checkpoint(model) if random_weights else model
     settings = InferSettings([*(images or [])] or [str(builtin_image())], question or QUESTION, max_new_tokens, runs, warmup)
-    report = bench_infer(name, settings, device, dtype, compare, output.log, max_pixels=max_pixels)
+    report = bench_infer(name, settings, device, dtype, compare, output.log, concurrency, max_pixels=max_pixels)
     report |= {"model": model, "random_weights": random_weights}
     _finish(report, json_output, save)
 

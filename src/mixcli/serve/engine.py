@@ -86,6 +86,15 @@ class Engine:
             self.waiting.append(job)
             self.wake.notify()
 
+    def submit_all(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` at once, so that the worker takes them into one batch (as far as it has room)."""
+        with self.wake:
+            self.check_room()
+            if len(self.waiting) + len(jobs) > self.max_queue:
+                raise QueueFull(len(self.waiting))
+            self.waiting.extend(jobs)
+            self.wake.notify()
+
     def drain(self, seconds: float) -> None:
         """Stop taking requests: waiting ones are refused, running ones get ``seconds`` to finish."""
         with self.wake:
