@@ -58,6 +58,7 @@ HIGHER_IS_BETTER = {
     "aggregate_tokens_per_s": True,
     "prefill_tokens_per_s": True, "peak_rss_mb": False, "images_per_s": True, "step_s": False,
     "vae_decode_s": False, "det_s": False, "cls_s": False, "rec_s": False,
+    "train_step_s": False, "train_tokens_per_s": True,
 }  # fmt: skip
 
 

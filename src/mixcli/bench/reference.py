@@ -22,12 +22,13 @@ from .machine import peak_rss_mb
 
 TESTS = Path(__file__).resolve().parents[3] / "tests"
 FAMILIES = {"internvl_chat": "internvl", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_vl"}
-EXTRA = "pip install -e '.[test]' (torch, transformers, diffusers: the reference stacks)"
+EXTRA = "pip install -e '.[test]' (torch, transformers, diffusers, peft: the reference stacks)"
 
 
-def check_reference(stack: str, folder: Path) -> list[Path]:
-    """The sys.path entries the reference child needs; one clear error when it cannot run."""
-    missing = [name for name in ("torch", stack) if find_spec(name) is None]
+def check_reference(stack: str, folder: Path, extra: tuple[str, ...] = ()) -> list[Path]:
+    """The sys.path entries the reference child needs (``extra``: more packages it imports); one clear
+    error when it cannot run."""
+    missing = [name for name in ("torch", stack, *extra) if find_spec(name) is None]
     if missing:
         raise MixError(f"--compare {stack} needs {' and '.join(missing)}, which are not installed", EXTRA)
     model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")

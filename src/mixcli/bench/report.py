@@ -19,10 +19,12 @@ ROWS = (
     ("concurrent_decode_tokens_per_s", "  per request: decode (tokens/s)"),
     ("concurrent_e2e_s", "  per request: end to end (s)"), ("step_s", "UNet step (s)"), ("vae_decode_s", "VAE decode (s)"),
     ("det_s", "detection (s)"), ("cls_s", "direction (s)"), ("rec_s", "recognition (s)"),
-    ("images_per_s", "images/s"), ("e2e_s", "end to end (s)"), ("peak_rss_mb", "peak RSS (MB)"),
+    ("images_per_s", "images/s"), ("train_step_s", "training step (s)"),
+    ("train_tokens_per_s", "training (tokens/s)"), ("e2e_s", "end to end (s)"), ("peak_rss_mb", "peak RSS (MB)"),
     ("device_peak_mb", "device peak (MB)"),
 )  # fmt: skip
-COUNTS = ("prompt_tokens", "image_tokens", "text_tokens", "generated_tokens", "images", "lines")
+COUNTS = ("prompt_tokens", "samples", "sample_tokens", "image_tokens", "text_tokens", "label_tokens", "tokens_per_step",
+          "trainable_params", "generated_tokens", "images", "lines")
 
 
 def _cell(value, key: str = "p50") -> str:
@@ -74,6 +76,8 @@ def summary_lines(report: dict) -> list[str]:
         ref = report["reference"]
         lines.append(f"reference: {ref['stack']} {' '.join(f'{k} {v}' for k, v in ref['versions'].items())} "
                      f"({ref['inputs']}); speedup > 1: mix is faster")  # fmt: skip
+    if report.get("losses"):
+        lines.append("per-step losses: " + ", ".join(f"{loss:.6g}" for loss in report["losses"]))
     if report.get("agreement"):
         lines.append(agreement_line(report["agreement"]))
     return lines
@@ -86,6 +90,9 @@ def concurrency_line(m: dict, concurrent: dict) -> str:
 
 
 def agreement_line(agreement: dict) -> str:
+    if "max_abs_diff" in agreement:
+        return (f"loss agreement: the two sides' {agreement['steps']} per-step losses differ by at most "
+                f"{agreement['max_abs_diff']:g} ({agreement['max_rel_diff']:g} relative)")
     if "psnr_db" in agreement:
         return f"outputs: PSNR {agreement['psnr_db']} dB between the two sides' images"
     first = agreement["first_difference"]

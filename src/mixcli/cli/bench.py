@@ -1,4 +1,4 @@
-"""`mix bench infer|compare`: measure the real commands' work, beside the reference stack."""
+"""`mix bench infer|generate|ocr|finetune|compare`: measure the real commands' work, beside the reference stack."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from . import output
 from .generate import _check_scheduler, _complete_scheduler, _size
 from .options import DeviceOpt, DtypeOpt, JsonOpt, MaxPixelsOpt, ModelArg
 
-app = typer.Typer(help="Measure inference speed, beside the reference stack.", no_args_is_help=True)
+app = typer.Typer(help="Time inference and training beside the reference stack.", no_args_is_help=True)
 
 RunsOpt = Annotated[int, typer.Option("--runs", metavar="N", min=1, help="Measured runs, after the warm-up.")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", metavar="N", min=0, help="Unmeasured runs first.")]
@@ -138,6 +138,42 @@ def ocr(
     resolve_device(device)  # an unusable device fails before anything is written or loaded
     settings = OcrSettings([*(images or [])] or [str(builtin_page())], runs, warmup)
     _finish(bench_ocr(settings, device, output.log), json_output, save)
+
+
+@app.command("finetune")
+def finetune(
+    model: ModelArg,
+    method: Annotated[str, typer.Option("--method", metavar="METHOD", callback=_check_method, help="lora or full.")] = "lora",
+    steps: Annotated[int, typer.Option("--steps", "--runs", metavar="N", min=1, help="Measured optimizer steps, after the warm-up.")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", metavar="N", min=0, help="Unmeasured optimizer steps first.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="B", min=1, help="Rows per optimizer step.")] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", metavar="L", min=1, help="Longest row in tokens, image tokens included.")] = 4096,
+    random_weights: RandomWeightsOpt = False,
+    compare: _compare_opt("transformers") = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    json_output: JsonOpt = False,
+    save: SaveOpt = None,
+) -> None:
+    """Time mix finetune: training tokens/s, s/step, peak memory.
+
+    `mix finetune`'s run on a built-in dataset (rows of the built-in 448x448 image, a fixed question and
+    answer), LoRA rank 8 on every linear layer of the language model by default; the losses are reported."""
+    from ..bench.finetune import FinetuneSettings, bench_finetune
+    from ..runtime import resolve_device
+
+    resolve_device(device)  # an unusable device fails before anything is written or loaded
+    name = _random_checkpoint(model) if random_weights else model
+    settings = FinetuneSettings(method, steps, warmup, batch_size, max_length)
+    report = bench_finetune(name, settings, device, dtype, compare, output.log)
+    report |= {"model": model, "random_weights": random_weights}
+    _finish(report, json_output, save)
+
+
+def _check_method(value: str) -> str:
+    if value not in ("lora", "full"):
+        raise typer.BadParameter(f"{value!r} is not one of lora, full")
+    return value
 
 
 def _random_checkpoint(alias: str) -> str:
