@@ -124,19 +124,21 @@ def ocr(
     ] = None,
     runs: RunsOpt = 3,
     warmup: WarmupOpt = 1,
+    compare: _compare_opt("rapidocr") = None,
     device: DeviceOpt = None,
     json_output: JsonOpt = False,
     save: SaveOpt = None,
 ) -> None:
     """Time PP-OCRv4: images/s and detection, direction, recognition.
 
-    The pipeline `mix infer ppocr-v4` runs, every image read once per run after the warm-up."""
+    The pipeline `mix infer ppocr-v4` runs, every image read once per run after the warm-up; with
+    --compare, the same images through rapidocr-onnxruntime and whether the texts agree."""
     from ..bench.ocr import OcrSettings, bench_ocr, builtin_page
     from ..ocr.pipeline import resolve_device
 
     resolve_device(device)  # an unusable device fails before anything is written or loaded
     settings = OcrSettings([*(images or [])] or [str(builtin_page())], runs, warmup)
-    _finish(bench_ocr(settings, device, output.log), json_output, save)
+    _finish(bench_ocr(settings, device, compare, output.log), json_output, save)
 
 
 def _random_checkpoint(alias: str, pipeline: bool = False) -> str:
