@@ -30,18 +30,23 @@ WORDS = "You are a helpful assistant. Describe the image in detail. What is in t
 SHARD_BYTES = 2 << 30
 
 
-def available() -> list[str]:
-    return sorted(p.name for p in CONFIGS.iterdir() if (p / "config.json").is_file())
+def available(pipelines: bool = False) -> list[str]:
+    """The aliases with shipped configurations: models (config.json), or pipelines (model_index.json)."""
+    marker = "model_index.json" if pipelines else "config.json"
+    return sorted(p.name for p in CONFIGS.iterdir() if (p / marker).is_file())
 
 
-def random_checkpoint(alias: str, progress: Callable[[str], None] = lambda line: None) -> Path:
-    """The cached random checkpoint of ``alias``, written first if it is not there yet."""
+def random_checkpoint(alias: str, progress: Callable[[str], None] = lambda line: None, pipeline: bool = False) -> Path:
+    """The cached random checkpoint of ``alias`` (a diffusers pipeline folder with ``pipeline``), written
+    first if it is not there yet."""
     from ..paths import mix_home
 
     source = CONFIGS / alias
-    if not (source / "config.json").is_file():
-        raise MixError(f"--random-weights has no configuration for '{alias}'", f"it has: {', '.join(available())}")
+    if alias not in available(pipeline):
+        raise MixError(f"--random-weights has no configuration for '{alias}'", f"it has: {', '.join(available(pipeline))}")
     folder = mix_home() / "bench" / "random" / alias
+    if pipeline:
+        return _random_pipeline(alias, source, folder, progress)
     if (folder / "model.safetensors.index.json").is_file():
         return folder
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
@@ -52,6 +57,24 @@ def random_checkpoint(alias: str, progress: Callable[[str], None] = lambda line:
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     write_folder(staging, source, config, shapes)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
+def _random_pipeline(alias: str, source: Path, folder: Path, progress: Callable[[str], None]) -> Path:
+    """The cached random diffusers folder of a pipeline alias (complete once model_index.json is there)."""
+    from .random_pipeline import pipeline_bytes, pipeline_shapes, write_pipeline
+
+    if (folder / "model_index.json").is_file():
+        return folder
+    shapes = pipeline_shapes(source)
+    nbytes = pipeline_bytes(shapes)
+    check_free_space(folder.parent, nbytes)
+    progress(f"writing random weights for {alias} once: {nbytes / 1e9:.1f} GB in {folder}")
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_pipeline(staging, source, shapes, progress)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     return folder

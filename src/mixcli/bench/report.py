@@ -95,6 +95,8 @@ def agreement_line(agreement: dict) -> str:
                 f"{agreement['max_abs_diff']:g} ({agreement['max_rel_diff']:g} relative)")
     if "psnr_db" in agreement:
         return f"outputs: PSNR {agreement['psnr_db']} dB between the two sides' images"
+    if "same_lines" in agreement:
+        return f"outputs: {agreement['same_lines']}/{agreement['lines']} text lines read the same"
     first = agreement["first_difference"]
     where = "all the same" if first is None else f"first difference at token {first}"
     return f"outputs: {agreement['same']}/{agreement['tokens']} greedy tokens the same ({where})"

@@ -101,6 +101,8 @@ def generate(
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", metavar="NAME", callback=_check_scheduler, autocompletion=_complete_scheduler, help="Scheduler (default: the checkpoint's).")] = None,
     runs: RunsOpt = 3,
     warmup: WarmupOpt = 1,
+    random_weights: RandomWeightsOpt = False,
+    compare: _compare_opt("diffusers") = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     json_output: JsonOpt = False,
@@ -108,13 +110,16 @@ def generate(
 ) -> None:
     """Time Stable Diffusion: s per UNet step, VAE decode, images/s.
 
-    The path `mix generate` runs, one image per run after the warm-up."""
+    The path `mix generate` runs, one image per run after the warm-up; with --compare, diffusers starts
+    from the same initial noise and the two images' PSNR is printed."""
     from ..bench.generate import GenerateSettings, bench_generate
     from ..runtime import resolve_device
 
     resolve_device(device)
     settings = GenerateSettings(prompt, steps, guidance, _size(size), scheduler, runs, warmup)
-    _finish(bench_generate(model, settings, device, dtype, output.log), json_output, save)
+    name = _random_checkpoint(model, pipeline=True) if random_weights else model
+    report = bench_generate(name, settings, device, dtype, compare, output.log)
+    _finish(report | {"model": model, "random_weights": random_weights}, json_output, save)
 
 
 @app.command("ocr")
@@ -125,19 +130,21 @@ def ocr(
     ] = None,
     runs: RunsOpt = 3,
     warmup: WarmupOpt = 1,
+    compare: _compare_opt("rapidocr") = None,
     device: DeviceOpt = None,
     json_output: JsonOpt = False,
     save: SaveOpt = None,
 ) -> None:
     """Time PP-OCRv4: images/s and detection, direction, recognition.
 
-    The pipeline `mix infer ppocr-v4` runs, every image read once per run after the warm-up."""
+    The pipeline `mix infer ppocr-v4` runs, every image read once per run after the warm-up; with
+    --compare, the same images through rapidocr-onnxruntime and whether the texts agree."""
     from ..bench.ocr import OcrSettings, bench_ocr, builtin_page
     from ..ocr.pipeline import resolve_device
 
     resolve_device(device)  # an unusable device fails before anything is written or loaded
     settings = OcrSettings([*(images or [])] or [str(builtin_page())], runs, warmup)
-    _finish(bench_ocr(settings, device, output.log), json_output, save)
+    _finish(bench_ocr(settings, device, compare, output.log), json_output, save)
 
 
 @app.command("finetune")
@@ -176,10 +183,10 @@ def _check_method(value: str) -> str:
     return value
 
 
-def _random_checkpoint(alias: str) -> str:
+def _random_checkpoint(alias: str, pipeline: bool = False) -> str:
     from ..bench.random_weights import random_checkpoint
 
-    return str(random_checkpoint(alias, output.log))
+    return str(random_checkpoint(alias, output.log, pipeline))
 
 
 @app.command("compare")

@@ -96,6 +96,13 @@ def make_scheduler(config: dict, name: str | None = None) -> Scheduler:
     return _CLASSES[cls_name](name, SimpleNamespace(**values))
 
 
+def diffusers_equivalent(name: str) -> tuple[str, dict]:
+    """The diffusers class a scheduler name stands for and the values the name fixes on top of the
+    checkpoint's config (what to pass to that class's ``from_config``)."""
+    cls_name, fixed = _NAMES[name]
+    return cls_name, dict(fixed)
+
+
 def _name_for(config: dict) -> str:
     cls_name = config.get("_class_name")
     if cls_name == "DPMSolverMultistepScheduler":
