@@ -64,6 +64,15 @@ void quick_gelu_bwd(const float* x, const float* dout, float* dx, int64_t count)
 // QuickGELU of x + bias, x (rows, n) and bias (n): a linear layer's bias and activation in one pass.
 void bias_quick_gelu(const float* x, const float* bias, float* out, int64_t rows, int64_t n);
 
+// Weight-only int8 product (PaddleMIX's weight_only_int8): y (m, n) = x (m, k) @ (w (n, k) * scale (n))^T, the
+// int8 weights in the torch layout (one output channel a row) converted to float in registers, so that a
+// decode step streams a quarter of the fp32 bytes. Output channels are spread over the threads; each x row is
+// reused from cache for every weight row (m is a decode batch: 1 to a few rows).
+void wint8_matmul(const float* x, const int8_t* w, const float* scale, float* y, int64_t m, int64_t k, int64_t n);
+
+// The float weights (n, k) = w * scale per row, for a prefill's fp32 product.
+void wint8_dequant(const int8_t* w, const float* scale, float* out, int64_t n, int64_t k);
+
 #ifdef MIX_WITH_MKL
 // Where a (batch, head)'s rows of length D start: strides in floats; the D values of a row are contiguous.
 struct HeadLayout {

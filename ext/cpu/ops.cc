@@ -361,6 +361,57 @@ PD_BUILD_OP(mix_bias_quick_gelu)
     .SetInferShapeFn(PD_INFER_SHAPE(SameShape2))
     .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype2));
 
+// ---- weight-only int8 (inference only: no backward) -----------------------------------------------
+
+void check_wint8(const Tensor& w, const Tensor& scale) {
+  PD_CHECK(w.is_cpu() && scale.is_cpu(), "mix ext ops: CPU tensors only in this build");
+  PD_CHECK(w.dtype() == paddle::DataType::INT8 && w.shape().size() == 2, "mix ext ops: wint8 weights are int8 (n, k)");
+  PD_CHECK(scale.dtype() == kF32 && scale.numel() == w.shape()[0], "mix ext ops: wint8 scales are float32 (n)");
+}
+
+// x (.., k) @ (w (n, k) * scale (n))^T -> (.., n).
+Tensors Wint8Matmul(const Tensor& x, const Tensor& w, const Tensor& scale) {
+  check_f32({&x});
+  check_wint8(w, scale);
+  int64_t n = w.shape()[0], k = w.shape()[1];
+  PD_CHECK(last_dim(x) == k, "mix ext ops: x's last axis must match the weights' k");
+  Shape shape = x.shape();
+  shape.back() = n;
+  Tensor y = empty(shape, x);
+  mix::wint8_matmul(x.data<float>(), w.data<int8_t>(), scale.data<float>(), y.data<float>(), rows_of(x), k, n);
+  return {y};
+}
+
+Tensors Wint8Dequant(const Tensor& w, const Tensor& scale) {
+  check_wint8(w, scale);
+  Tensor out = empty(w.shape(), w);
+  mix::wint8_dequant(w.data<int8_t>(), scale.data<float>(), out.data<float>(), w.shape()[0], w.shape()[1]);
+  return {out};
+}
+
+Shapes Wint8MatmulShape(const Shape& x, const Shape& w, const Shape&) {
+  Shape s = x;
+  s.back() = w[0];
+  return {s};
+}
+Shapes Wint8DequantShape(const Shape& w, const Shape&) { return {w}; }
+Dtypes F32Of2(paddle::DataType, paddle::DataType) { return {kF32}; }
+Dtypes F32Of3(paddle::DataType, paddle::DataType, paddle::DataType) { return {kF32}; }
+
+PD_BUILD_OP(mix_wint8_matmul)
+    .Inputs({"X", "W", "Scale"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(Wint8Matmul))
+    .SetInferShapeFn(PD_INFER_SHAPE(Wint8MatmulShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(F32Of3));
+
+PD_BUILD_OP(mix_wint8_dequant)
+    .Inputs({"W", "Scale"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(Wint8Dequant))
+    .SetInferShapeFn(PD_INFER_SHAPE(Wint8DequantShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(F32Of2));
+
 #ifdef MIX_WITH_MKL
 namespace {
 

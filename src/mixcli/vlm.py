@@ -131,6 +131,7 @@ class LoadedModel:
     model: object
     load_s: float
     adapter: str | None = None  # the LoRA adapter folder merged at load
+    quantize: str | None = None  # --quantize, or "wint8" for a wint8 export
 
 
 def load_vlm(
@@ -159,7 +160,7 @@ def load_vlm(
     lora = read_adapter(adapter, allow_pickle) if adapter is not None else None
     rt = runtime.setup(device, dtype)
     model = load_model(path, dtype=rt.dtype, allow_pickle=allow_pickle, adapter=lora, **options)
-    return LoadedModel(name, model, round(time.perf_counter() - start, 4), adapter)
+    return LoadedModel(name, model, round(time.perf_counter() - start, 4), adapter, getattr(model, "quantized", None))
 
 
 def answer(
@@ -210,7 +211,8 @@ def system_option(model, system: str | None) -> dict:
 
 def result_record(loaded: LoadedModel, result: Generation) -> dict:
     """The `--json` object of the command contract."""
-    return {"model": loaded.name, **({"adapter": loaded.adapter} if loaded.adapter else {}), **result.to_dict()}
+    extra = {k: v for k, v in (("adapter", loaded.adapter), ("quantize", loaded.quantize)) if v}
+    return {"model": loaded.name, **extra, **result.to_dict()}
 
 
 @dataclass

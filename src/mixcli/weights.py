@@ -305,7 +305,28 @@ def open_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     paddle_files = sum(f.suffix == ".pdparams" for f in files)
     if 0 < paddle_files < len(files):
         raise CheckpointError(f"{path} mixes Paddle and PyTorch weight files", "keep one format in the directory")
+    tensors, shards = dequantized(tensors), {f: [n for n in names if n in tensors] for f, names in shards.items()}
     return Checkpoint(tensors, layout="paddle" if paddle_files else "torch", files=files, shards=shards)
+
+
+WINT8_SCALE = "_scale"  # `X.weight` (int8) beside `X.weight_scale` (float32): a `mix export --quantize wint8` pair
+
+
+def dequantized(tensors: dict[str, TensorRef]) -> dict[str, TensorRef]:
+    """The tensors with every int8 weight of a wint8 pair read as float32 (q * scale per output row,
+    exactly what the model quantises back to the same int8) and the scales dropped."""
+    scales = [n for n in tensors if n.endswith(".weight" + WINT8_SCALE) and n[: -len(WINT8_SCALE)] in tensors]
+    pairs = {n[: -len(WINT8_SCALE)]: tensors[n] for n in scales if tensors[n[: -len(WINT8_SCALE)]].dtype == "int8"}
+    if not pairs:
+        return tensors
+    dropped = {name + WINT8_SCALE for name in pairs}
+    out = {n: ref for n, ref in tensors.items() if n not in dropped}
+    for name, scale in pairs.items():
+        q = tensors[name]
+        if len(q.shape) != 2 or scale.shape != q.shape[:1]:
+            raise CheckpointError(f"{name} and its scale do not fit ({list(q.shape)}, {list(scale.shape)})", REDOWNLOAD)
+        out[name] = TensorRef(q.shape, "float32", lambda q=q, s=scale: q.raw().astype(np.float32) * s.numpy()[:, None])
+    return out
 
 
 # --- name rules -----------------------------------------------------------------------------

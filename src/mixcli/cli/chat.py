@@ -22,6 +22,7 @@ from .options import (
     MaxNewTokensOpt,
     MaxPixelsOpt,
     ModelArg,
+    QuantizeOpt,
     RepetitionPenaltyOpt,
     SeedOpt,
     StopOpt,
@@ -104,6 +105,7 @@ def command(
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
     adapter: AdapterOpt = None,
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Chat with a vision-language model about images.
 
@@ -119,7 +121,8 @@ def command(
     paths, video = split_inputs(images or [], video)
     pictures = [load_image(path) for path in paths]
     info = probe(video) if video is not None else None  # an unreadable video fails before the model loads
-    loaded = load_vlm(model, device, dtype, allow_pickle, command="chat", adapter=adapter, max_pixels=max_pixels)
+    loaded = load_vlm(model, device, dtype, allow_pickle, command="chat", adapter=adapter, max_pixels=max_pixels,
+                      quantize=quantize)  # fmt: skip
     session = ChatSession(loaded, sampling)
     for picture in pictures:
         session.add_image(picture)

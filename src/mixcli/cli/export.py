@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from . import output
-from .options import AdapterOpt, AllowPickleOpt, JsonOpt, ModelArg
+from .options import AdapterOpt, AllowPickleOpt, JsonOpt, ModelArg, QuantizeOpt
 
 FORMATS = ("safetensors",)  # paddle and onnx come later
 
@@ -35,14 +35,16 @@ def command(
     adapter: AdapterOpt = None,
     format: FormatOpt = "safetensors",
     force: ForceOpt = False,
+    quantize: QuantizeOpt = None,
     allow_pickle: AllowPickleOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Write a model in its authors' layout, a LoRA adapter merged.
 
-    Without --adapter the checkpoint is re-saved as safetensors (e.g. from .pdparams or .bin).
-    Prints the output folder."""
+    Without --adapter the checkpoint is re-saved as safetensors (e.g. from .pdparams or .bin). With
+    --quantize wint8 the language model's linear weights are int8 with per-channel scales, which mix loads
+    and transformers does not. Prints the output folder."""
     from ..export.checkpoint import export_model
 
-    result = export_model(model, out, adapter=adapter, force=force, allow_pickle=allow_pickle)
+    result = export_model(model, out, adapter=adapter, force=force, allow_pickle=allow_pickle, quantize=quantize)
     output.emit(result.record(), json_output, str(result.output))

@@ -24,6 +24,7 @@ from .options import (
     MaxNewTokensOpt,
     MaxPixelsOpt,
     ModelArg,
+    QuantizeOpt,
     RepetitionPenaltyOpt,
     SeedOpt,
     StopOpt,
@@ -100,6 +101,7 @@ def command(
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
     adapter: AdapterOpt = None,
+    quantize: QuantizeOpt = None,
     labels: LabelsOpt = None,
     labels_file: LabelsFileOpt = None,
     template: TemplateOpt = None,
@@ -117,6 +119,8 @@ def command(
     ref = check_model(model, "infer", sampling)
     if (is_ocr(ref) or is_contrastive(ref)) and adapter is not None:
         raise MixError(f"{model} takes no LoRA adapter (vision-language models do)", "drop --adapter")
+    if (is_ocr(ref) or is_contrastive(ref)) and quantize is not None:
+        raise MixError(f"{model} has no language model to quantise (vision-language models do)", "drop --quantize")
     if is_contrastive(ref):
         return _run_labels(model, images or [], labels, labels_file, template, top_k, device, dtype, allow_pickle,
                            json_output)  # fmt: skip
@@ -125,7 +129,8 @@ def command(
                        'ask a vision-language model with -q "..." instead')  # fmt: skip
     if is_ocr(ref):
         return _run_ocr(ref.spec.alias, images or [], question, device, json_output)
-    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, max_pixels=max_pixels, adapter=adapter)
+    load = dict(device=device, dtype=dtype, allow_pickle=allow_pickle, max_pixels=max_pixels, adapter=adapter,
+                quantize=quantize)  # fmt: skip
     clip_options = VideoOptions(fps, frames, max_frames)
     clip_options.validate()
     if batch is not None:

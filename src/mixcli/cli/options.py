@@ -64,6 +64,22 @@ AdapterOpt = Annotated[
     Optional[str],
     typer.Option("--adapter", metavar="DIR", help="A LoRA adapter folder in PEFT's layout, merged into the weights."),
 ]
+QUANTIZE_METHODS = ("wint8",)  # mixcli.quant.METHODS, kept here so that --help imports no Paddle
+
+
+def _check_quantize(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in QUANTIZE_METHODS:
+        raise typer.BadParameter(f"{value!r} is not a quantisation mix knows; use one of: {', '.join(QUANTIZE_METHODS)}")
+    return value
+
+
+QuantizeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--quantize", metavar="METHOD", callback=_check_quantize, autocompletion=_complete(QUANTIZE_METHODS),
+        help="wint8: the language model's linear weights as per-channel int8 (weight-only; faster decoding).",
+    ),
+]  # fmt: skip
 AllowPickleOpt = Annotated[
     bool,
     typer.Option(

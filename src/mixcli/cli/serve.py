@@ -16,6 +16,7 @@ from .options import (
     MaxNewTokensOpt,
     MaxPixelsOpt,
     ModelArg,
+    QuantizeOpt,
     RepetitionPenaltyOpt,
     TemperatureOpt,
     TopKOpt,
@@ -78,6 +79,7 @@ def command(
     dtype: DtypeOpt = None,
     allow_pickle: AllowPickleOpt = False,
     adapter: AdapterOpt = None,
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Serve a model with OpenAI's HTTP API and a chat page.
 
@@ -102,6 +104,8 @@ def command(
     state = ServerState(model, defaults=defaults, media=media, api_key=api_key, allow_hosts=allow_hosts,
                         max_body_bytes=int(max_body_mb * MB), timeout_s=timeout)  # fmt: skip
     sock = bind(host, port)  # a busy port fails before minutes of loading
-    load = {} if is_pipeline(model) else {"adapter": adapter, "max_pixels": max_pixels}
+    if is_pipeline(model) and quantize is not None:
+        raise MixError(f"{model} is a diffusion pipeline; --quantize applies to vision-language models", "drop --quantize")
+    load = {} if is_pipeline(model) else {"adapter": adapter, "max_pixels": max_pixels, "quantize": quantize}
     load_state(model, state, limits, device, dtype, allow_pickle=allow_pickle, **load)
     run(state, sock)

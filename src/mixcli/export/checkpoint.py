@@ -36,22 +36,28 @@ class Exported:
     tensors: int
     merged_tensors: int
     bytes: int
+    quantize: str | None = None
+    quantized_tensors: int = 0
 
     def record(self) -> dict:
         """The `--json` object."""
+        quant = {"quantize": self.quantize, "quantized_tensors": self.quantized_tensors} if self.quantize else {}
         return {"output": str(self.output), "model": self.model, "adapter": self.adapter, "format": "safetensors",
                 "files": self.files, "tensors": self.tensors, "merged_tensors": self.merged_tensors,
-                "bytes": self.bytes}  # fmt: skip
+                "bytes": self.bytes, **quant}  # fmt: skip
 
 
 def export_model(name: str, out: str | Path, adapter: str | None = None, force: bool = False,
-                 allow_pickle: bool = False) -> Exported:  # fmt: skip
+                 allow_pickle: bool = False, quantize: str | None = None) -> Exported:  # fmt: skip
     """Write MODEL (an alias, repo id or folder) to ``out`` as safetensors in its authors' layout, with
     the LoRA adapter in the folder ``adapter`` merged (none: the checkpoint re-saved, e.g. .pdparams or
-    .bin as safetensors). Every check runs before anything is written."""
+    .bin as safetensors); ``quantize="wint8"``: the language model's Linear weights as int8 + scales
+    (export/wint8.py). Every check runs before anything is written."""
     from ..adapters import merge_adapter, read_adapter
+    from ..quant import check_method
     from ..vlm import model_dir
 
+    check_method(quantize)
     _, path = model_dir(name)
     out = Path(out)
     check_output(path, out, force)
@@ -60,13 +66,21 @@ def export_model(name: str, out: str | Path, adapter: str | None = None, force: 
     merged = checkpoint
     if adapter is not None:
         merged = merge_adapter(checkpoint, read_adapter(adapter, allow_pickle), config)
-    tensors = _torch_layout(merged, config)
+    tensors, shards, quantized = _torch_layout(merged, config), checkpoint.shards, 0
+    if quantize == "wint8":
+        from .wint8 import quantize_tensors
+
+        tensors, shards, quantized = quantize_tensors(tensors, shards, config)
     with staging(out, force) as folder:
-        files = write_shards(tensors, checkpoint.shards, folder)
+        files = write_shards(tensors, shards, folder)
         copy_side_files(path, folder)
+        if quantize == "wint8":
+            from .wint8 import write_config
+
+            write_config(folder, config, quantized)
     changed = sum(merged[n] is not checkpoint[n] for n in checkpoint)
     size = sum((out / f).stat().st_size for f in files)
-    return Exported(out, name, adapter, files, len(checkpoint), changed, size)
+    return Exported(out, name, adapter, files, len(tensors), changed, size, quantize, quantized)
 
 
 def _config(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """Compiled fused ops from the repo's ``ext/`` (C++ for CPU, CUDA for GPU) behind plain functions that
 fall back to Paddle: RMSNorm, residual add + RMSNorm, LayerNorm, rotary embedding and its M-RoPE
-tables, SwiGLU, QuickGELU (also with a bias) and CPU attention. See ext/README.md for what each covers and what it gains."""
+tables, SwiGLU, QuickGELU (also with a bias), CPU attention and the weight-only int8 product. See ext/README.md for what each covers and what it gains."""
 
 from .ops import (
     add_rms_norm,
@@ -9,6 +9,7 @@ from .ops import (
     bias_quick_gelu,
     enabled,
     failure,
+    host_wint8_matmul,
     layer_norm,
     library,
     quick_gelu,
@@ -17,6 +18,8 @@ from .ops import (
     rotary,
     rotary_tables,
     swiglu,
+    wint8_dequant,
+    wint8_matmul,
 )
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "bias_quick_gelu",
     "enabled",
     "failure",
+    "host_wint8_matmul",
     "layer_norm",
     "library",
     "quick_gelu",
@@ -34,4 +38,6 @@ __all__ = [
     "rotary",
     "rotary_tables",
     "swiglu",
+    "wint8_dequant",
+    "wint8_matmul",
 ]

@@ -35,7 +35,7 @@ CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-unused-parameter"]
 NVCC_FLAGS = ["-O3", "-DMIX_WITH_CUDA"]
 # Every op the library registers; MKL_OPS only where Paddle ships MKL (its x86-64 wheels), which they link.
 OPS = ("rms_norm", "add_rms_norm", "layer_norm", "rotary", "rotary_tables", "swiglu", "swiglu_packed", "quick_gelu",
-       "bias_quick_gelu")  # fmt: skip
+       "bias_quick_gelu", "wint8_matmul", "wint8_dequant")  # fmt: skip
 MKL_OPS = ("attention",)
 ALL_OPS = OPS + MKL_OPS
 BUILD_TIMEOUT_S = 900

@@ -15,6 +15,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import paddle
 from paddle import _C_ops
 
@@ -228,3 +229,60 @@ def attention(
     if attention_fits(q, k, v, causal, token_major):
         return _run("mix_attention", q, k, v, float(scale), bool(causal), bool(token_major))[0]
     return reference.attention(q, k, v, scale, causal, token_major)
+
+
+def _wint8_fits(w: paddle.Tensor, scale: paddle.Tensor) -> bool:
+    return w.dtype == paddle.int8 and w.ndim == 2 and scale.dtype == paddle.float32 and scale.shape == w.shape[:1]
+
+
+def wint8_matmul(x: paddle.Tensor, w: paddle.Tensor, scale: paddle.Tensor) -> paddle.Tensor:
+    """x (.., k) @ (w * scale)^T for int8 weights w (n, k) (torch layout) and float32 per-output-channel
+    scales (n): the int8 weights are read and converted in registers; inference only."""
+    fits = _nonempty(x) and _wint8_fits(w, scale) and x.shape[-1] == w.shape[1] and x.place.is_cpu_place()
+    if fits and _usable((x,), constants=(x,)) and "mix_wint8_matmul" in library().ops:
+        return _run("mix_wint8_matmul", x, w, scale)[0]
+    return reference.wint8_matmul(x, w, scale)
+
+
+def wint8_dequant(w: paddle.Tensor, scale: paddle.Tensor) -> paddle.Tensor:
+    """The float32 weights w * scale (n, k) of int8 weights (n, k) and their per-row scales (n)."""
+    lib = library()
+    cpu = w.place.is_cpu_place() and scale.place.is_cpu_place()
+    if lib is not None and "mix_wint8_dequant" in lib.ops and cpu and _nonempty(w) and _wint8_fits(w, scale):
+        return _run("mix_wint8_dequant", w, scale)[0]
+    return reference.wint8_dequant(w, scale)
+
+
+_host_kernel = None
+
+
+def _host_wint8():
+    """The library's C entry point of the wint8 product (ctypes), or None when ext is off or unbuilt."""
+    global _host_kernel
+    lib = library()
+    if lib is None or "mix_wint8_matmul" not in lib.ops:
+        return None
+    if _host_kernel is None or _host_kernel[0] is not lib:
+        import ctypes
+
+        fn = ctypes.CDLL(str(lib.build.library)).mix_host_wint8_matmul
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+        _host_kernel = (lib, fn)
+    return _host_kernel[1]
+
+
+def host_wint8_matmul(x: np.ndarray, w: np.ndarray, scale: np.ndarray, pointers=None) -> np.ndarray | None:
+    """wint8_matmul on NumPy arrays: contiguous float32 x (.., k), int8 w (n, k), float32 scale (n);
+    ``pointers`` (w's and scale's addresses as ctypes.c_void_p) spares converting them per call.
+    None when the compiled kernel is unavailable (the caller computes it in NumPy)."""
+    fn = _host_wint8()
+    if fn is None:
+        return None
+    n, k = w.shape
+    if x.shape[-1] != k or x.dtype != np.float32 or not x.flags.c_contiguous:
+        raise ValueError(f"x must be contiguous float32 (.., {k}), not {x.dtype} {x.shape}")
+    out = np.empty((*x.shape[:-1], n), np.float32)
+    wp, sp = pointers or (w.ctypes.data, scale.ctypes.data)
+    fn(x.ctypes.data, wp, sp, out.ctypes.data, x.size // k, k, n)
+    return out

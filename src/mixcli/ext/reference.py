@@ -85,3 +85,13 @@ def attention(
         scores = paddle.where(seen, scores, paddle.full([], float("-inf"), scores.dtype))
     out = paddle.matmul(F.softmax(scores, axis=-1), v)
     return out.transpose([0, 2, 1, 3]) if token_major else out
+
+
+def wint8_dequant(w: paddle.Tensor, scale: paddle.Tensor) -> paddle.Tensor:
+    """The float32 weights (n, k) of int8 weights (n, k) and their per-row scales (n)."""
+    return w.astype("float32") * scale.unsqueeze(-1)
+
+
+def wint8_matmul(x: paddle.Tensor, w: paddle.Tensor, scale: paddle.Tensor) -> paddle.Tensor:
+    """x (.., k) @ (w * scale)^T for int8 weights w (n, k) and per-output-channel scales (n)."""
+    return paddle.matmul(x, wint8_dequant(w, scale).astype(x.dtype), transpose_y=True)

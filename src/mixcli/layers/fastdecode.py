@@ -24,10 +24,16 @@ def view(tensor: paddle.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else np.from_dlpack(tensor.detach())
 
 
+def matrix(linear):
+    """What ``x @`` takes for a projection: its (in, out) weight view, or a weight-only int8 layer's
+    kernel (layers.quant.HostInt8Matrix)."""
+    return linear.host_matrix() if hasattr(linear, "host_matrix") else view(linear.weight)
+
+
 @dataclass
 class LayerViews:
     input_norm: np.ndarray
-    qkv: np.ndarray  # (hidden, (H + 2 Hkv) * D)
+    qkv: np.ndarray  # (hidden, (H + 2 Hkv) * D); a HostInt8Matrix of that shape under --quantize wint8
     qkv_bias: np.ndarray | None
     o: np.ndarray
     post_norm: np.ndarray
@@ -60,7 +66,10 @@ class NumpyDecoder:
         self.layers = [self._views(layer) for layer in lm.model.layers]
         self.final_norm = view(lm.model.norm.weight)
         head = lm.tied_head if cfg.tie_word_embeddings else lm.lm_head
-        self.head = view(head.weight).T if cfg.tie_word_embeddings else view(head.weight)
+        if hasattr(head, "host_matrix"):
+            self.head = head.host_matrix()
+        else:
+            self.head = view(head.weight).T if cfg.tie_word_embeddings else view(head.weight)
 
     @staticmethod
     def usable(lm) -> bool:
@@ -72,9 +81,9 @@ class NumpyDecoder:
     def _views(layer) -> LayerViews:
         attn, mlp = layer.self_attn, layer.mlp
         return LayerViews(
-            view(layer.input_layernorm.weight), view(attn.qkv_proj.weight), view(attn.qkv_proj.bias),
-            view(attn.o_proj.weight), view(layer.post_attention_layernorm.weight), view(mlp.gate_up_proj.weight),
-            view(mlp.down_proj.weight),
+            view(layer.input_layernorm.weight), matrix(attn.qkv_proj), view(attn.qkv_proj.bias),
+            matrix(attn.o_proj), view(layer.post_attention_layernorm.weight), matrix(mlp.gate_up_proj),
+            matrix(mlp.down_proj),
         )  # fmt: skip
 
     def step(self, x: np.ndarray, cache, rope_position: int | None = None) -> np.ndarray:

@@ -50,17 +50,25 @@ def family_module(model_type: str):
     return import_module(f"{__name__}.{family_folder(model_type)}")
 
 
-def load_model(path: str | Path, dtype: str = "float32", allow_pickle: bool = False, **options):
+def load_model(path: str | Path, dtype: str = "float32", allow_pickle: bool = False, quantize: str | None = None,
+               **options):  # fmt: skip
     """Load the checkpoint in ``path`` with the family its config.json names; ``options`` are
-    family-specific (Qwen2-VL: max_pixels) and passed only when set."""
+    family-specific (Qwen2-VL: max_pixels) and passed only when set. ``quantize`` ("wint8") quantises
+    the language model's linear layers after loading (a wint8 export is quantised whatever it says)."""
+    from ..quant import check_method, checkpoint_method, quantize_model
     from ..runtime import import_paddle
 
+    check_method(quantize)
     import_paddle()  # thread and MKL settings must precede the first Paddle op
     config = load_config(path)
+    quantize = quantize or checkpoint_method(config)
     module = family_module(config.get("model_type", ""))
     options = {k: v for k, v in options.items() if v is not None}
     unknown = [k for k in options if k not in inspect.signature(module.load).parameters]
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise MixError(f"{flags} does not apply to '{config.get('model_type')}' models", f"drop {flags}")
-    return module.load(Path(path), config, dtype=dtype, allow_pickle=allow_pickle, **options)
+    model = module.load(Path(path), config, dtype=dtype, allow_pickle=allow_pickle, **options)
+    if quantize is not None:
+        quantize_model(model, quantize)
+    return model

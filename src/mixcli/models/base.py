@@ -23,6 +23,7 @@ class VisionLanguageModel:
     family = "vision-language"  # the name used in messages
     video_sampling: str | None = None  # "fps" (by time) | "segments" (a frame count) | None: takes no video
     end_of_turn: str | None = None  # the token that closes an assistant turn, a stop token besides eos
+    quantized: str | None = None  # "wint8" once mixcli.quant has quantised the language model
 
     def __init__(self, net, tokenizer: TextTokenizer, path: Path, context_length: int):
         self.net, self.tokenizer, self.path = net, tokenizer, Path(path)
