@@ -107,6 +107,7 @@ class LlavaConfig(Config):
     vision_config: VisionConfig
     text: DecoderConfig
     image_token_index: int = 32000
+    video_token_index: int = 151647  # OneVision only
     projector_hidden_act: str = "gelu"
     vision_feature_select_strategy: str = "default"  # "default" drops the class token, "full" keeps every token
     vision_feature_layer: int | list = -2
@@ -123,8 +124,9 @@ class LlavaConfig(Config):
         text = data.get("text_config") or {}
         tie = bool(data.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
         values = {**KIND_DEFAULTS[kind], **{k: v for k, v in data.items() if v is not None}}
-        if "image_token_id" in data and "image_token_index" not in data:  # attribute_map's other name
-            values["image_token_index"] = data["image_token_id"]
+        for short, long in (("image_token_id", "image_token_index"), ("video_token_id", "video_token_index")):
+            if short in data and long not in data:  # attribute_map's other names
+                values[long] = data[short]
         tower = "siglip_vision_model" if kind == "llava_onevision" else "clip_vision_model"
         vision = VisionConfig.from_dict(data.get("vision_config"), tower)
         return super().from_dict(values, vision_config=vision, text=text_config(text, tie),
