@@ -80,6 +80,7 @@ class TinyLlava:
     num_hidden_layers: int = 2
     intermediate_size: int = 64
     tie_word_embeddings: bool = False
+    sliding_window: int | None = None  # Mistral's; None: full causal attention
     vision_hidden: int = 16
     vision_layers: int = 2
     image_size: int = 28
@@ -173,7 +174,7 @@ def _text_config(k: TinyLlava, vocab: int, tok) -> dict:
             "tie_word_embeddings": k.tie_word_embeddings, "rms_norm_eps": 1e-5}  # fmt: skip
     if k.text_type == "qwen2":
         return {**text, "rope_theta": 1_000_000.0, "eos_token_id": tok.token_to_id("<|im_end|>")}
-    return {**text, "bos_token_id": 1, "eos_token_id": 2, **({"sliding_window": None} if k.text_type == "mistral" else {})}
+    return {**text, "bos_token_id": 1, "eos_token_id": 2, **({"sliding_window": k.sliding_window} if k.text_type == "mistral" else {})}
 
 
 def _model_config(k: TinyLlava, vocab: int, tok):

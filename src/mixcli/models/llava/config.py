@@ -29,7 +29,8 @@ TEXT_DEFAULTS = {
     "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
               "num_attention_heads": 32, "max_position_embeddings": 2048},
     "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32},
+                "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                "sliding_window": 4096},
     "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
               "num_attention_heads": 32, "max_position_embeddings": 32768},
 }  # fmt: skip
@@ -84,11 +85,15 @@ class VisionConfig(Config):
 
 def text_config(data: dict, tie: bool) -> DecoderConfig:
     """text_config as a DecoderConfig: its type's defaults under what it sets, rope_theta from either place
-    transformers keeps it, attention biases as Qwen2 (always) and Llama/Mistral (attention_bias) have them."""
+    transformers keeps it, attention biases as Qwen2 (always) and Llama/Mistral (attention_bias) have them,
+    Mistral's sliding window (every layer, where not null)."""
     kind = data.get("model_type", "llama")
     if kind not in TEXT_DEFAULTS:
         raise CheckpointError(f"LLaVA with a '{kind}' language model is not supported yet",
                               "supported: Llama (Vicuna), Mistral, Qwen2")  # fmt: skip
+    if kind == "qwen2" and data.get("use_sliding_window"):
+        raise CheckpointError("Qwen2's per-layer sliding window (use_sliding_window) is not supported yet",
+                              "use a checkpoint with use_sliding_window false, as the published ones are")  # fmt: skip
     rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise CheckpointError(f"rope scaling '{rope.get('rope_type', rope.get('type'))}' is not supported yet",
@@ -96,7 +101,8 @@ def text_config(data: dict, tie: bool) -> DecoderConfig:
     theta = data.get("rope_theta") or rope.get("rope_theta") or 10000.0
     bias = kind == "qwen2" or bool(data.get("attention_bias", False))
     merged = {**TEXT_DEFAULTS[kind], **data}
-    return DecoderConfig.from_dict(merged, qkv_bias=bias, rope_theta=theta, tie_word_embeddings=tie)
+    window = merged.get("sliding_window") if kind == "mistral" else None
+    return DecoderConfig.from_dict(merged, qkv_bias=bias, rope_theta=theta, tie_word_embeddings=tie, window=window)
 
 
 @dataclass
