@@ -13,6 +13,7 @@ import paddle
 from paddle import nn
 from PIL import Image
 
+from ...adapters import merge_adapter
 from ...errors import CheckpointError, MixError
 from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
@@ -198,11 +199,14 @@ class Llava(VisionLanguageModel):
         return self.net.embed(prompt)
 
 
-def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False) -> Llava:
-    """Build the network from config.json and load the llava-hf checkpoint (either naming) into it."""
+def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False, adapter=None) -> Llava:
+    """Build the network from config.json and load the llava-hf checkpoint (either naming) into it, with a
+    LoRA adapter (a mixcli.adapters.Adapter) merged."""
     cfg = LlavaConfig.from_dict(config)
     processor = ProcessorConfig.from_dir(Path(path), cfg)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
+    if adapter is not None:
+        checkpoint = merge_adapter(checkpoint, adapter, config)
     net = build_for_inference(lambda: LlavaNet(cfg), sanitize(checkpoint, cfg), dtype, checkpoint.layout)
     net.language_model.fuse()
     return Llava(net, TextTokenizer.from_dir(path), Path(path), processor)
