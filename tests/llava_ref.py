@@ -59,8 +59,13 @@ _CORPUS = (
     "The quick brown fox jumps over the lazy dog. [INST] Hello there [/INST]",
     "user assistant system\nuser assistant\n The chart shows the numbers 1, 2, 3, 10, 42 and 100.",
 )
-PINPOINTS_NEXT = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]  # llava-hf's 336-based grids, scaled to 28
-PINPOINTS_OV = [[28 * i, 28 * j] for i in range(1, 7) for j in range(1, 7)]  # OneVision's 384-based, to 28
+
+
+def pinpoints(model_type: str, side: int) -> list[list[int]]:
+    """llava-hf's 336-based NeXT grids and OneVision's 384-based 6x6 ones, scaled to a tile of ``side``."""
+    if model_type == "llava_next":
+        return [[side * h, side * w] for h, w in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]
+    return [[side * i, side * j] for i in range(1, 7) for j in range(1, 7)]
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class TinyLlava:
     num_hidden_layers: int = 2
     intermediate_size: int = 64
     tie_word_embeddings: bool = False
+    sliding_window: int | None = None  # Mistral's; None: full causal attention
     vision_hidden: int = 16
     vision_layers: int = 2
     image_size: int = 28
@@ -168,16 +174,16 @@ def _text_config(k: TinyLlava, vocab: int, tok) -> dict:
             "tie_word_embeddings": k.tie_word_embeddings, "rms_norm_eps": 1e-5}  # fmt: skip
     if k.text_type == "qwen2":
         return {**text, "rope_theta": 1_000_000.0, "eos_token_id": tok.token_to_id("<|im_end|>")}
-    return {**text, "bos_token_id": 1, "eos_token_id": 2, **({"sliding_window": None} if k.text_type == "mistral" else {})}
+    return {**text, "bos_token_id": 1, "eos_token_id": 2, **({"sliding_window": k.sliding_window} if k.text_type == "mistral" else {})}
 
 
 def _model_config(k: TinyLlava, vocab: int, tok):
     from transformers import LlavaConfig, LlavaNextConfig, LlavaOnevisionConfig
 
     cls = {"llava": LlavaConfig, "llava_next": LlavaNextConfig, "llava_onevision": LlavaOnevisionConfig}[k.model_type]
-    extra = {"image_grid_pinpoints": PINPOINTS_NEXT} if k.model_type == "llava_next" else {}
+    extra = {"image_grid_pinpoints": pinpoints(k.model_type, k.image_size)} if k.model_type != "llava" else {}
     if k.model_type == "llava_onevision":
-        extra = {"image_grid_pinpoints": PINPOINTS_OV, "video_token_index": tok.token_to_id("<video>")}
+        extra["video_token_index"] = tok.token_to_id("<video>")
     layer = list(k.vision_feature_layer) if isinstance(k.vision_feature_layer, tuple) else k.vision_feature_layer
     return cls(vision_config=_vision_config(k), text_config=_text_config(k, vocab, tok),
                image_token_index=tok.token_to_id("<image>"), vision_feature_layer=layer,
@@ -215,9 +221,9 @@ def _preprocessor_config(k: TinyLlava) -> dict:
                 "size": {"shortest_edge": s}}  # fmt: skip
     if k.model_type == "llava_next":
         return {**common, "crop_size": {"height": s, "width": s}, "do_center_crop": True, "do_pad": True,
-                "image_grid_pinpoints": PINPOINTS_NEXT, "image_processor_type": "LlavaNextImageProcessor",
+                "image_grid_pinpoints": pinpoints(k.model_type, s), "image_processor_type": "LlavaNextImageProcessor",
                 "processor_class": "LlavaNextProcessor", "size": {"shortest_edge": s}}  # fmt: skip
-    return {**common, "do_pad": True, "image_grid_pinpoints": PINPOINTS_OV, "size": {"height": s, "width": s},
+    return {**common, "do_pad": True, "image_grid_pinpoints": pinpoints(k.model_type, s), "size": {"height": s, "width": s},
             "image_processor_type": "LlavaOnevisionImageProcessor", "processor_class": "LlavaOnevisionProcessor"}
 
 
@@ -251,6 +257,13 @@ def write_checkpoint(path: str | Path, knobs: TinyLlava = TinyLlava(), seed: int
     _dump(path / "generation_config.json", {"eos_token_id": eos, **({"bos_token_id": 1} if knobs.text_type != "qwen2" else {})})
     _dump(path / "preprocessor_config.json", _preprocessor_config(knobs))
     _dump(path / "processor_config.json", _processor_config(knobs))
+    if knobs.model_type == "llava_onevision":  # llava-hf's: the class defaults at the tile size
+        s = knobs.image_size
+        _dump(path / "video_preprocessor_config.json", {
+            "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"height": s, "width": s},
+            "video_processor_type": "LlavaOnevisionVideoProcessor", "processor_class": "LlavaOnevisionProcessor"})  # fmt: skip
     return path
 
 
@@ -332,3 +345,48 @@ def reference_greedy(model, inputs: dict, max_new_tokens: int, eos_token_id: int
                              num_beams=1, repetition_penalty=1.0, return_dict_in_generate=True, output_logits=True)
     tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     return tokens, torch.cat(out.logits).float().numpy()
+
+
+# ----------------------------------------------------------------------------- OneVision video
+# LlavaOnevisionVideoProcessor runs on torchvision, which the test environment lacks: its pixel path is
+# transcribed below with the same torch ops; the token count is the processor's own replace_video_token.
+
+
+def upstream_pixel_values_videos(frames: list, height: int, width: int) -> np.ndarray:
+    """(1, T, 3, H, W) as the video processor builds them from PIL frames: tvF.resize (bicubic, antialias; on
+    CPU torchvision runs torch's uint8 kernel, called directly here) where the size differs, then the fused
+    rescale + normalize (mean and std times 1 / rescale_factor)."""
+    import torch
+
+    x = torch.from_numpy(np.stack([np.asarray(f.convert("RGB")) for f in frames])).permute(0, 3, 1, 2).contiguous()
+    if tuple(x.shape[-2:]) != (height, width):
+        x = torch.nn.functional.interpolate(x, size=[height, width], mode="bicubic", antialias=True)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]) * (1.0 / 0.00392156862745098)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]) * (1.0 / 0.00392156862745098)
+    x = (x.to(torch.float32) - mean[:, None, None]) / std[:, None, None]
+    return x[None].numpy()
+
+
+class TranscribedVideoProcessor:
+    """Stands in for LlavaOnevisionVideoProcessor inside the real processor: frames (one video, PIL) to
+    pixel_values_videos at the checkpoint's video_preprocessor_config.json size."""
+
+    def __init__(self, path):
+        size = json.loads((Path(path) / "video_preprocessor_config.json").read_text())["size"]
+        self.height, self.width = size["height"], size["width"]
+
+    def __call__(self, videos, **kwargs) -> dict:
+        (frames,) = videos
+        return {"pixel_values_videos": upstream_pixel_values_videos(frames, self.height, self.width)}
+
+
+def reference_video_inputs(path, processor, messages: list[dict], frames: list, images: list | None = None) -> dict:
+    """Like reference_inputs with a video content part: the rendered template through the processor's own
+    __call__ (its replace_video_token expanding <video>, its image path), the video processor transcribed."""
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    processor.video_processor = TranscribedVideoProcessor(path)
+    try:
+        out = processor(text=[text], images=images or None, videos=[frames], return_tensors="np")
+    finally:
+        processor.video_processor = None
+    return {"text": text, **{k: np.asarray(v) for k, v in out.items()}}

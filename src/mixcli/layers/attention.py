@@ -35,6 +35,14 @@ def causal_mask(t: int, past: int, dtype) -> paddle.Tensor:
     return paddle.where(allowed, paddle.zeros([], dtype), paddle.full([], float("-inf"), dtype))
 
 
+def window_mask(t: int, s: int, window: int, dtype) -> paddle.Tensor:
+    """(T, S) additive band for the last T queries against S keys (the last query at the last key): query
+    i sees no key more than window - 1 positions before its own (transformers' sliding_window_overlay)."""
+    query = np.arange(s - t, s)[:, None]
+    allowed = np.arange(s)[None] > query - window
+    return paddle.to_tensor(np.where(allowed, np.float32(0), np.float32(-np.inf))).astype(dtype)
+
+
 def attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask=None, causal: bool = False,
               token_major: bool = False) -> paddle.Tensor:  # fmt: skip
     """softmax(q k^T * scale + mask) v for (B, H, T, D) queries against (B, Hkv, S, D) keys and values, or

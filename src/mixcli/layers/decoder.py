@@ -9,7 +9,7 @@ from paddle import nn
 
 from .. import ext
 from ..configs import Config
-from .attention import attention
+from .attention import attention, window_mask
 from .cache import KVCache
 from .fastdecode import NumpyDecoder, view
 from .linear import FusedLinear, Linear, TiedProjection
@@ -35,6 +35,10 @@ class DecoderConfig(Config):
     qkv_bias: bool = False  # Qwen2: True; Llama/InternLM2: config "attention_bias"/"bias"
     hidden_act: str = "silu"
     mrope_section: list[int] | None = None  # Qwen2-VL: rotary frequencies split over (t, h, w) positions
+    # The sliding window a model applies: each query sees the last `window` positions, itself included
+    # (Mistral's sliding_window). Not read from "sliding_window" itself: Qwen2's configs carry one they
+    # leave unused (use_sliding_window false), so the family that applies it sets this.
+    window: int | None = None
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -70,6 +74,7 @@ class Attention(nn.Layer):
         self.k_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
         self.v_proj = Linear(cfg.hidden_size, self.hkv * self.d, bias_attr=bias)
         self.o_proj = Linear(self.h * self.d, cfg.hidden_size, bias_attr=False)
+        self.window = cfg.window
 
     def fuse(self) -> None:
         """Replace q/k/v by one projection: one weight stream and one matmul per step instead of three."""
@@ -102,8 +107,20 @@ class Attention(nn.Layer):
         k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
         if last_only and t > 1:
             q, t = q[:, :, -1:], 1
-        out = attention(q, k, v, self.d**-0.5, causal=True)
+        k, v, mask = self._windowed(k, v, t)
+        out = attention(q, k, v, self.d**-0.5, mask=mask, causal=True)
         return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, t, self.h * self.d]))
+
+
+    def _windowed(self, k, v, t: int):
+        """The keys and values the last t queries can see under the sliding window, and the band mask
+        that hides the older ones from the earlier queries (None where the causal mask is enough)."""
+        s = k.shape[2]
+        if self.window is None or s <= self.window:
+            return k, v, None
+        start = max(0, s - t - self.window + 1)  # the first key the first query sees
+        k, v = k[:, :, start:], v[:, :, start:]
+        return k, v, (window_mask(t, s - start, self.window, k.dtype) if t > 1 else None)
 
 
 class MLP(nn.Layer):

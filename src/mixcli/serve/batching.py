@@ -83,5 +83,6 @@ class BatchedDecoder:
         pos = cache.offset
         keys[:, pos], values[:, pos] = qk[h:], v
         q = qk[:h].reshape(hkv, h // hkv, d)  # query head j uses key head j // G
-        scores = q @ keys[:, : pos + 1].transpose(0, 2, 1) * d**-0.5  # (Hkv, G, S)
-        return (softmax(scores) @ values[:, : pos + 1]).reshape(h * d)
+        seen = slice(self.fast.first_key(pos), pos + 1)
+        scores = q @ keys[:, seen].transpose(0, 2, 1) * d**-0.5  # (Hkv, G, S)
+        return (softmax(scores) @ values[:, seen]).reshape(h * d)

@@ -29,7 +29,8 @@ TEXT_DEFAULTS = {
     "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
               "num_attention_heads": 32, "max_position_embeddings": 2048},
     "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32},
+                "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                "sliding_window": 4096},
     "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
               "num_attention_heads": 32, "max_position_embeddings": 32768},
 }  # fmt: skip
@@ -84,11 +85,15 @@ class VisionConfig(Config):
 
 def text_config(data: dict, tie: bool) -> DecoderConfig:
     """text_config as a DecoderConfig: its type's defaults under what it sets, rope_theta from either place
-    transformers keeps it, attention biases as Qwen2 (always) and Llama/Mistral (attention_bias) have them."""
+    transformers keeps it, attention biases as Qwen2 (always) and Llama/Mistral (attention_bias) have them,
+    Mistral's sliding window (every layer, where not null)."""
     kind = data.get("model_type", "llama")
     if kind not in TEXT_DEFAULTS:
         raise CheckpointError(f"LLaVA with a '{kind}' language model is not supported yet",
                               "supported: Llama (Vicuna), Mistral, Qwen2")  # fmt: skip
+    if kind == "qwen2" and data.get("use_sliding_window"):
+        raise CheckpointError("Qwen2's per-layer sliding window (use_sliding_window) is not supported yet",
+                              "use a checkpoint with use_sliding_window false, as the published ones are")  # fmt: skip
     rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         raise CheckpointError(f"rope scaling '{rope.get('rope_type', rope.get('type'))}' is not supported yet",
@@ -96,7 +101,8 @@ def text_config(data: dict, tie: bool) -> DecoderConfig:
     theta = data.get("rope_theta") or rope.get("rope_theta") or 10000.0
     bias = kind == "qwen2" or bool(data.get("attention_bias", False))
     merged = {**TEXT_DEFAULTS[kind], **data}
-    return DecoderConfig.from_dict(merged, qkv_bias=bias, rope_theta=theta, tie_word_embeddings=tie)
+    window = merged.get("sliding_window") if kind == "mistral" else None
+    return DecoderConfig.from_dict(merged, qkv_bias=bias, rope_theta=theta, tie_word_embeddings=tie, window=window)
 
 
 @dataclass
@@ -107,6 +113,7 @@ class LlavaConfig(Config):
     vision_config: VisionConfig
     text: DecoderConfig
     image_token_index: int = 32000
+    video_token_index: int = 151647  # OneVision only
     projector_hidden_act: str = "gelu"
     vision_feature_select_strategy: str = "default"  # "default" drops the class token, "full" keeps every token
     vision_feature_layer: int | list = -2
@@ -123,8 +130,9 @@ class LlavaConfig(Config):
         text = data.get("text_config") or {}
         tie = bool(data.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
         values = {**KIND_DEFAULTS[kind], **{k: v for k, v in data.items() if v is not None}}
-        if "image_token_id" in data and "image_token_index" not in data:  # attribute_map's other name
-            values["image_token_index"] = data["image_token_id"]
+        for short, long in (("image_token_id", "image_token_index"), ("video_token_id", "video_token_index")):
+            if short in data and long not in data:  # attribute_map's other names
+                values[long] = data[short]
         tower = "siglip_vision_model" if kind == "llava_onevision" else "clip_vision_model"
         vision = VisionConfig.from_dict(data.get("vision_config"), tower)
         return super().from_dict(values, vision_config=vision, text=text_config(text, tie),

@@ -13,6 +13,7 @@ import paddle
 from paddle import nn
 from PIL import Image
 
+from ...adapters import merge_adapter
 from ...errors import CheckpointError, MixError
 from ...layers import build_for_inference
 from ...layers.decoder import CausalLM
@@ -21,20 +22,24 @@ from ...tokenizer import TextTokenizer, chat_messages, expand_pads, load_chat_te
 from ...weights import open_checkpoint, rename
 from ..base import VisionLanguageModel
 from .config import LlavaConfig
-from .processing import IMAGE_TOKEN, ProcessorConfig, image_tiles, image_token_count
-from .vision import Projector, pack_anyres, tile_features, vision_tower
+from .processing import IMAGE_TOKEN, VIDEO_TOKEN, ProcessorConfig, VideoProcessorConfig, image_tiles
+from .processing import image_token_count, video_pixels, video_token_count
+from .vision import Projector, pack_anyres, pool_frames, tile_features, vision_tower
 
+DEFAULT_FRAMES = 8
 FAMILY_NAMES = {"llava": "LLaVA", "llava_next": "LLaVA-NeXT", "llava_onevision": "LLaVA-OneVision"}
 
 
 @dataclass
 class Prompt:
-    """A tokenized request: text, ids, and each image's tiles (tiles, 3, S, S) with its original (height, width)."""
+    """A tokenized request: text, ids, each image's tiles (tiles, 3, S, S) with its original (height, width),
+    and (OneVision) the video's frames (T, 3, S, S)."""
 
     text: str
     ids: list[int]
     pixel_values: list[np.ndarray] = field(default_factory=list)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    pixel_values_videos: np.ndarray | None = None
 
 
 class LlavaNet(nn.Layer):
@@ -57,19 +62,33 @@ class LlavaNet(nn.Layer):
         parts = paddle.split(features, [len(p) for p in pixel_values]) if len(pixel_values) > 1 else [features]
         return paddle.concat([pack_anyres(f, size, self.config, self.image_newline) for f, size in zip(parts, sizes)])
 
+    def video_features(self, frames: np.ndarray, dtype) -> paddle.Tensor:
+        """(T * pooled², H) + one image_newline: get_video_features of OneVision for one video's frames."""
+        pixels = paddle.to_tensor(frames).astype(dtype)
+        features = tile_features(self.vision_tower, self.multi_modal_projector, self.config, pixels)
+        pooled = pool_frames(features, self.config.vision_config.grid)
+        return paddle.concat([pooled, self.image_newline[None].astype(pooled.dtype)])
+
     def embed(self, prompt: Prompt) -> paddle.Tensor:
         embeds = self.language_model.embed(paddle.to_tensor(np.asarray(prompt.ids, dtype=np.int64)[None]))
-        if not prompt.pixel_values:
-            return embeds
-        features = self.image_features(prompt.pixel_values, prompt.image_sizes, embeds.dtype)
-        placeholders = prompt.ids.count(self.config.image_token_index)
+        if prompt.pixel_values:
+            features = self.image_features(prompt.pixel_values, prompt.image_sizes, embeds.dtype)
+            embeds = self._place(embeds, prompt.ids, self.config.image_token_index, features, "image")
+        if prompt.pixel_values_videos is not None:
+            features = self.video_features(prompt.pixel_values_videos, embeds.dtype)
+            embeds = self._place(embeds, prompt.ids, self.config.video_token_index, features, "video")
+        return embeds
+
+    @staticmethod
+    def _place(embeds: paddle.Tensor, ids: list[int], token: int, features: paddle.Tensor, what: str) -> paddle.Tensor:
+        placeholders = ids.count(token)
         if placeholders != features.shape[0]:
             raise CheckpointError(
-                f"the prompt has {placeholders} image tokens for {features.shape[0]} image features",
-                "processor_config.json (patch_size, num_additional_image_tokens, vision_feature_select_strategy) "
-                "disagrees with config.json",
+                f"the prompt has {placeholders} {what} tokens for {features.shape[0]} {what} features",
+                "processor_config.json (patch_size, num_additional_image_tokens, num_image_tokens, "
+                "vision_feature_select_strategy) disagrees with config.json",
             )
-        return place_features(embeds, prompt.ids, self.config.image_token_index, features)
+        return place_features(embeds, ids, token, features)
 
 
 # Published llava-hf checkpoints name language_model.model.* / language_model.lm_head.* /
@@ -107,6 +126,14 @@ class Llava(VisionLanguageModel):
         super().__init__(net, tokenizer, path, net.config.text.max_position_embeddings)
         self.family = FAMILY_NAMES[self.config.model_type]
         self.processor = processor
+        video_token = tokenizer.token_id(VIDEO_TOKEN)
+        if self.config.model_type == "llava_onevision" and video_token is not None:
+            self.video_sampling = "segments"  # a frame count spread evenly over the video
+            self.video_processor = VideoProcessorConfig.from_dir(self.path, self.config)
+            if video_token != self.config.video_token_index:
+                raise CheckpointError(f"the tokenizer's {VIDEO_TOKEN} is {video_token}, config.json's "
+                                      f"video_token_index {self.config.video_token_index}",
+                                      "use the tokenizer files of this checkpoint")  # fmt: skip
         self.chat_template = load_chat_template(self.path)
         self.eos_ids = generation_eos(self.path)
         self.image_token = tokenizer.require_id(IMAGE_TOKEN)
@@ -121,18 +148,35 @@ class Llava(VisionLanguageModel):
 
     def prepare(self, turns: list[tuple[str, str | None]], images: list[Image.Image], video=None) -> Prompt:
         """Tokenized prompt for a conversation whose first question carries the images unless <image>
-        markers place them, each <image> expanded to the tokens its features take."""
-        if video is not None:
-            raise MixError(f"{self.family} models take no video here yet", "pass frames as images instead")
-        text = render_chat(self.chat_template, chat_messages(turns, len(images)))
+        markers place them, each <image> expanded to the tokens its features take; OneVision's video
+        (a mixcli.video.Clip) goes with the last question unless a <video> marker places it."""
+        if video is not None and self.video_sampling is None:
+            raise MixError(f"{self.family} models take no video", "use a LLaVA-OneVision model, or pass frames as images")
+        text = render_chat(self.chat_template, chat_messages(turns, len(images), video is not None))
         prompt, anyres = self.pixels(images), self._anyres(len(images))
         kind = self.config.model_type
         counts = [image_token_count(size, tiles.shape[-2:], self.processor, kind, anyres)
                   for size, tiles in zip(prompt.image_sizes, prompt.pixel_values)]  # fmt: skip
         prompt.text = expand_pads(text, IMAGE_TOKEN, counts)
+        if video is not None:
+            prompt.pixel_values_videos = video_pixels(video.frames, self.video_processor)
+            prompt.text = expand_pads(prompt.text, VIDEO_TOKEN, [video_token_count(len(video.frames), self.processor)])
         ids = self.tokenizer.encode(prompt.text, add_special_tokens=not self._starts_with_bos(prompt.text))
-        prompt.ids = self.check_context(ids, "use fewer or smaller images, or a shorter question")
+        fix = "fewer frames (--frames)" if video is not None else "fewer or smaller images"
+        prompt.ids = self.check_context(ids, f"use {fix}, or a shorter question")
         return prompt
+
+    def sample_video(self, source, fps: float | None = None, frames: int | None = None, max_frames: int | None = None):
+        """OneVision's frames: `frames` (8 by default, as llava-hf's model card samples) or duration x fps,
+        evenly spread from the first frame to the last, at most max_frames."""
+        from ...video import FPS_MAX_FRAMES, sample_by_fps, sample_count
+
+        if self.video_sampling is None:
+            return super().sample_video(source, fps, frames, max_frames)
+        limit = FPS_MAX_FRAMES if max_frames is None else max_frames
+        if fps is not None:
+            return sample_by_fps(source, fps, min_frames=1, max_frames=limit, factor=1)
+        return sample_count(source, DEFAULT_FRAMES if frames is None else frames, limit, factor=1)
 
     def _anyres(self, n_images: int) -> bool:
         """NeXT tiles every image by anyres; OneVision only the prompt's one image (its processor's
@@ -155,11 +199,14 @@ class Llava(VisionLanguageModel):
         return self.net.embed(prompt)
 
 
-def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False) -> Llava:
-    """Build the network from config.json and load the llava-hf checkpoint (either naming) into it."""
+def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False, adapter=None) -> Llava:
+    """Build the network from config.json and load the llava-hf checkpoint (either naming) into it, with a
+    LoRA adapter (a mixcli.adapters.Adapter) merged."""
     cfg = LlavaConfig.from_dict(config)
     processor = ProcessorConfig.from_dir(Path(path), cfg)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)
+    if adapter is not None:
+        checkpoint = merge_adapter(checkpoint, adapter, config)
     net = build_for_inference(lambda: LlavaNet(cfg), sanitize(checkpoint, cfg), dtype, checkpoint.layout)
     net.language_model.fuse()
     return Llava(net, TextTokenizer.from_dir(path), Path(path), processor)

@@ -15,7 +15,7 @@ from .config import LlavaConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN, VIDEO_TOKEN = "<image>", "<video>"
 
 
 def _read(path: Path) -> dict:
@@ -237,3 +237,52 @@ def image_token_count(size: tuple[int, int], tile: tuple[int, int], cfg: Process
     max_tiles = int(cfg.vision_aspect_ratio.strip("anyres_max_")) if kind == "llava_onevision" else None
     rows, cols = capped_grid(rows, cols, max_tiles, side)
     return rows * cols + rows + base - drop
+
+
+# --- OneVision video (LlavaOnevisionVideoProcessor and the processor's replace_video_token) ------------
+
+
+@dataclass
+class VideoProcessorConfig:
+    """LlavaOnevisionVideoProcessor's settings, from processor_config.json's "video_processor" or
+    video_preprocessor_config.json (transformers' order); without them, the class defaults at the
+    tower's image size. Frames come as sampled (do_sample_frames is off for llava-hf's checkpoints)."""
+
+    height: int
+    width: int
+    resample: int = Image.BICUBIC
+    rescale_factor: float = 1 / 255
+    image_mean: tuple = CLIP_MEAN
+    image_std: tuple = CLIP_STD
+
+    @classmethod
+    def from_dir(cls, folder: Path, cfg: LlavaConfig) -> "VideoProcessorConfig":
+        nested = _read(folder / "processor_config.json").get("video_processor")
+        data = nested if isinstance(nested, dict) else _read(folder / "video_preprocessor_config.json")
+        side = cfg.vision_config.image_size
+        size = data.get("size") or {"height": side, "width": side}
+        values = {"height": size.get("height", side), "width": size.get("width", side)}
+        for key in ("resample", "rescale_factor", "image_mean", "image_std"):
+            if data.get(key) is not None:
+                values[key] = data[key]
+        return cls(**values)
+
+
+def video_pixels(frames: list[Image.Image], cfg: VideoProcessorConfig) -> np.ndarray:
+    """(T, 3, H, W) float32: each frame resized to the processor's size (bicubic; PIL here, torchvision's
+    antialiased kernel upstream), then the fused rescale + normalize, (x - mean/r) / (std/r) in float32."""
+    mean = np.asarray(cfg.image_mean, np.float32) * np.float32(1 / cfg.rescale_factor)
+    std = np.asarray(cfg.image_std, np.float32) * np.float32(1 / cfg.rescale_factor)
+    size = (cfg.width, cfg.height)
+    stack = np.stack([np.asarray(f.convert("RGB").resize(size, resample=cfg.resample)) for f in frames])
+    return ((stack.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
+
+
+def pooled_side(cfg: ProcessorConfig) -> int:
+    """A frame's feature map side after OneVision's 2x bilinear pooling (ceil of half the tile's side)."""
+    return math.ceil(int(math.sqrt(cfg.num_image_tokens)) / 2)
+
+
+def video_token_count(n_frames: int, cfg: ProcessorConfig) -> int:
+    """replace_video_token: the pooled features of every frame and one image_newline after them all."""
+    return n_frames * pooled_side(cfg) ** 2 + 1

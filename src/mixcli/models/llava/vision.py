@@ -3,6 +3,8 @@ packing of NeXT and OneVision (tiles regrouped into one map, padding cut, OneVis
 
 from __future__ import annotations
 
+import math
+
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -70,3 +72,13 @@ def unpad(grid: paddle.Tensor, size: tuple[int, int]) -> paddle.Tensor:
     keep_rows, keep_cols = unpadded_grid(*size, rows, cols)
     top, left = (rows - keep_rows) // 2, (cols - keep_cols) // 2
     return grid[:, top : top + keep_rows, left : left + keep_cols]
+
+
+def pool_frames(features: paddle.Tensor, side: int) -> paddle.Tensor:
+    """apply_pooling: (frames, side², H) -> (frames * ceil(side/2)², H), each frame's feature map halved by
+    bilinear interpolation (half-pixel centres, no antialiasing), as LlavaOnevisionModel pools video."""
+    frames, _, hidden = features.shape
+    grid = features.reshape([frames, side, side, hidden]).transpose([0, 3, 1, 2])
+    half = math.ceil(side / 2)
+    grid = F.interpolate(grid, size=[half, half], mode="bilinear", align_corners=False)
+    return grid.transpose([0, 2, 3, 1]).reshape([frames * half * half, hidden])

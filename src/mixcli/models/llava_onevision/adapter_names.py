@@ -1,0 +1,5 @@
+"""LoRA adapter names of LLaVA-OneVision: the LLaVA family's (models/llava/adapter_names.py)."""
+
+from ..llava.adapter_names import Names
+
+__all__ = ["Names"]
