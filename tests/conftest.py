@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from torchvision_cpu import declare_missing_ops
 from typer.testing import CliRunner
+
+declare_missing_ops()  # before transformers or open_clip import torchvision (see torchvision_cpu)
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,8 @@
-"""Contrastive models (CLIP, Chinese-CLIP, SigLIP) behind `mix infer --labels`, `mix embed` and the datacopilot
-scores: routing, labels, zero-shot probabilities, and image embeddings streamed in batches."""
+"""Contrastive models (CLIP, Chinese-CLIP, SigLIP, EVA-CLIP) behind `mix infer --labels`, `mix embed` and the
+datacopilot scores: routing, labels, zero-shot probabilities, and image embeddings streamed in batches."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,14 @@ LABELS_USAGE = '--labels "a cat,a dog" or --labels-file FILE'
 
 
 def folder_task(path: Path) -> str | None:
-    """The task of a local checkpoint by its config.json's model_type ("contrastive" or "vlm"), None without one."""
+    """The task of a local checkpoint by its config.json's model_type ("contrastive" or "vlm"), None without one
+    (an open_clip folder's open_clip_config.json counts as its config, see weights.load_config)."""
     from .models import family_task
+    from .weights import load_config
 
-    config = Path(path) / "config.json"
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        model_type = load_config(Path(path)).get("model_type", "")
+    except (MixError, AttributeError):
         return None
     return family_task(str(model_type))
 
@@ -45,8 +45,8 @@ def check_contrastive(name: str, command: str) -> ModelRef:
     if not is_contrastive(ref):
         if ref.spec is not None and ref.spec.task != "vlm":
             check_model(name, "embed")  # says what the OCR / diffusion model is for
-        raise MixError(f"{name} is not a contrastive model (CLIP, Chinese-CLIP, SigLIP): it has no {command}",
-                       "pick one from `mix models list` (task contrastive)")  # fmt: skip
+        raise MixError(f"{name} is not a contrastive model (CLIP, Chinese-CLIP, SigLIP, EVA-CLIP): it has no "
+                       f"{command}", "pick one from `mix models list` (task contrastive)")  # fmt: skip
     if ref.spec is not None:
         from .models import is_supported
 

@@ -95,9 +95,17 @@ class Checkpoint(Mapping[str, TensorRef]):
 # --- finding the files -------------------------------------------------------------------
 
 
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+
+
 def load_config(path: str | Path) -> dict:
-    """The parsed config.json of a model directory (or the given JSON file)."""
+    """The parsed config.json of a model directory (or the given JSON file). An open_clip folder (timm's
+    EVA02-CLIP repos ship open_clip_config.json and no config.json) gives its open_clip_config.json, with the
+    model_type that names its family."""
     path = Path(path)
+    if path.is_dir() and not (path / "config.json").is_file() and (path / OPEN_CLIP_CONFIG).is_file():
+        data = load_config(path / OPEN_CLIP_CONFIG)
+        return {"model_type": open_clip_type(data), **data}
     file = path / "config.json" if path.is_dir() or not path.suffix else path
     if not file.is_file():
         raise CheckpointError(
@@ -107,6 +115,13 @@ def load_config(path: str | Path) -> dict:
         return json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file} is not valid JSON ({e})", REDOWNLOAD) from e
+
+
+def open_clip_type(data: dict) -> str:
+    """The family of an open_clip_config.json: "eva_clip" for a timm EVA vision tower, else "open_clip"."""
+    model = data.get("model_cfg") if isinstance(data, dict) else None
+    vision = (model or {}).get("vision_cfg") or {}
+    return "eva_clip" if str(vision.get("timm_model_name") or "").startswith("eva") else "open_clip"
 
 
 def _plain(files: list[Path], suffix: str) -> list[Path]:
