@@ -192,9 +192,90 @@ class SentencePieceTokenizer:
         return self.added[token] if token in self.added else self._piece_id(token)
 
 
+SPIECE_UNDERLINE = "▁"
+LLAMA_SPECIAL_DEFAULTS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+class LlamaSentencePieceTokenizer(SentencePieceTokenizer):
+    """transformers 4's slow LlamaTokenizer over tokenizer.model (what the original LLaVA code loads with
+    use_fast=False), both of its modes: legacy (each piece between added tokens encoded on its own, with the
+    model's dummy prefix) and legacy=False (one "▁" in front of the text only, none after a special token)."""
+
+    def __init__(self, model_file: Path, config: dict):
+        self.config_tokens = {**LLAMA_SPECIAL_DEFAULTS, **config}
+        super().__init__(model_file, self.config_tokens)
+        self.legacy = config.get("legacy", True) is not False  # 4.x: unset means legacy (with a warning)
+        self.add_prefix_space = config.get("add_prefix_space", True) is not False
+        self.unk = _token_text(config.get("unk_token")) or "<unk>"
+        if not self.legacy:  # get_spm_processor: the model without its dummy prefix
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(Path(model_file).read_bytes())
+            proto.normalizer_spec.add_dummy_prefix = False
+            self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+            self.unk_length = len(self.sp.encode(self.unk, out_type=str))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """LlamaTokenizer.tokenize + convert_tokens_to_ids, bos (and eos) as add_bos_token (add_eos_token) say."""
+        pieces = self._tokens(text)
+        ids = [self.added[p] if p in self.added else self.sp.piece_to_id(p) for p in pieces]
+        if not add_special_tokens:
+            return ids
+        bos = [self.added[self._named("bos_token")]] if self.add_bos and self._named("bos_token") else []
+        eos = [self.added[self._named("eos_token")]] if self.add_eos and self._named("eos_token") else []
+        return bos + ids + eos
+
+    def _named(self, kind: str) -> str | None:
+        return _token_text(self.config_tokens.get(kind))
+
+    def _tokens(self, text: str) -> list[str]:
+        if self.legacy or not text:
+            return [t for part in self._split(text) for t in self._piece(part, legacy=True)]
+        text = text.replace(SPIECE_UNDERLINE, " ")
+        if self.add_prefix_space:
+            text = SPIECE_UNDERLINE + text
+        tokens = [t for part in self._split(text) for t in self._piece(part)]
+        if len(tokens) > 1 and tokens[0] == SPIECE_UNDERLINE and tokens[1] in self.special:
+            tokens = tokens[1:]
+        return tokens
+
+    def _piece(self, part: str, legacy: bool = False) -> list[str]:
+        """_tokenize: an added token as it is; text through SentencePiece (legacy=False: a leading "▁" or
+        space kept by encoding it behind the unknown token, whose pieces are then cut off)."""
+        if part in self.added:
+            return [part]
+        if legacy or not part.startswith((SPIECE_UNDERLINE, " ")):
+            return self.sp.encode(part, out_type=str)
+        tokens = self.sp.encode(self.unk + part, out_type=str)
+        return tokens[self.unk_length :] if len(tokens) >= self.unk_length else tokens
+
+    def _tokens_to_string(self, tokens: list[str]) -> str:
+        """LlamaTokenizer.convert_tokens_to_string: the added prefix space dropped, special tokens as they are."""
+        if not tokens:
+            return ""
+        if not self.legacy and self.add_prefix_space and tokens[0].startswith(SPIECE_UNDERLINE):
+            tokens = [tokens[0][1:], *tokens[1:]]
+        out, pending, prev_special = "", [], False
+        for i, token in enumerate(tokens):
+            if token in self.special:
+                if not prev_special and i != 0 and self.legacy:
+                    out += " "
+                out += self.sp.decode(pending) + token
+                pending, prev_special = [], True
+            else:
+                if prev_special and i == 1 and self.add_prefix_space and not token.startswith(SPIECE_UNDERLINE):
+                    out += " "
+                pending.append(token)
+                prev_special = False
+        return out + self.sp.decode(pending)
+
+
 def _sentencepiece_backend(folder: Path, config: dict) -> SentencePieceTokenizer:
-    """tokenizer.model alone: only InternLM2's slow tokenizer is reproduced, as other classes decode differently."""
+    """tokenizer.model alone: InternLM2's and Llama's slow tokenizers are reproduced, as other classes decode differently."""
     name = config.get("tokenizer_class")
+    if name == "LlamaTokenizer":
+        return LlamaSentencePieceTokenizer(folder / "tokenizer.model", config)
     if name not in (None, "InternLM2Tokenizer"):
         raise CheckpointError(
             f"{folder} has a SentencePiece tokenizer.model for {name}, which mix cannot read yet",

@@ -70,7 +70,9 @@ class LlavaNet(nn.Layer):
         return paddle.concat([pooled, self.image_newline[None].astype(pooled.dtype)])
 
     def embed(self, prompt: Prompt) -> paddle.Tensor:
-        embeds = self.language_model.embed(paddle.to_tensor(np.asarray(prompt.ids, dtype=np.int64)[None]))
+        ids = np.asarray(prompt.ids, dtype=np.int64)
+        ids = np.where(ids < 0, 0, ids)  # the original layout's IMAGE_TOKEN_INDEX (-200): a row replaced below
+        embeds = self.language_model.embed(paddle.to_tensor(ids[None]))
         if prompt.pixel_values:
             features = self.image_features(prompt.pixel_values, prompt.image_sizes, embeds.dtype)
             embeds = self._place(embeds, prompt.ids, self.config.image_token_index, features, "image")
@@ -201,7 +203,11 @@ class Llava(VisionLanguageModel):
 
 def load(path: Path, config: dict, dtype: str = "float32", allow_pickle: bool = False, adapter=None) -> Llava:
     """Build the network from config.json and load the llava-hf checkpoint (either naming) into it, with a
-    LoRA adapter (a mixcli.adapters.Adapter) merged."""
+    LoRA adapter (a mixcli.adapters.Adapter) merged; an original-layout checkpoint through models/llava/original."""
+    from .original import is_original, load_original
+
+    if is_original(config):
+        return load_original(path, config, dtype, allow_pickle, adapter)
     cfg = LlavaConfig.from_dict(config)
     processor = ProcessorConfig.from_dir(Path(path), cfg)
     checkpoint = open_checkpoint(path, allow_pickle=allow_pickle)

@@ -47,9 +47,10 @@ class ProcessorConfig:
         image = _read(folder / "preprocessor_config.json")
         counts = _read(folder / "processor_config.json")
         v = cfg.vision_config
-        values = {
-            "size": image.get("size") or {"shortest_edge": v.image_size},
-            "crop_size": image.get("crop_size"),
+        size, crop = image.get("size"), image.get("crop_size")
+        values = {  # older files give size and crop_size as one int (get_size_dict's forms)
+            "size": {"shortest_edge": size} if isinstance(size, int) else size or {"shortest_edge": v.image_size},
+            "crop_size": {"height": crop, "width": crop} if isinstance(crop, int) else crop,
             "do_center_crop": bool(image.get("do_center_crop", cfg.model_type != "llava_onevision")),
             "do_pad": bool(image.get("do_pad", False)) and cfg.model_type == "llava",
             "image_grid_pinpoints": image.get("image_grid_pinpoints") or cfg.image_grid_pinpoints,
