@@ -135,7 +135,7 @@ def has_faiss() -> bool:
 def faiss_index(embeds: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 0):
     """A FAISS inner-product index holding ``embeds``: flat (exact) up to FLAT_MAX rows or with nlist=0, else an
     IVF index of ``nlist`` cells (4 sqrt(N) by default) trained by k-means on a sample, searching ``nprobe`` cells
-    (nlist / 64 by default, at least 8). A near-duplicate lies next to its original, so both fall in the same or a
+    (16 by default: each query then scans about 16 / nlist of the rows plus the nlist centroids). A near-duplicate lies next to its original, so both fall in the same or a
     neighbouring cell: recall is high for the high thresholds dedup uses, though not guaranteed."""
     import faiss
 
@@ -149,7 +149,7 @@ def faiss_index(embeds: np.ndarray, nlist: int | None = None, nprobe: int | None
         index.cp.niter, index.cp.max_points_per_centroid = 10, 32  # a sample of 32 rows a cell is enough here
         sample = np.random.default_rng(seed).choice(n, min(n, 32 * nlist), replace=False)
         index.train(embeds[np.sort(sample)])
-        index.nprobe = nprobe or max(8, nlist // 64)
+        index.nprobe = nprobe or min(nlist, 16)
     index.add(embeds)
     return index
 
