@@ -1,6 +1,7 @@
 """Semantic dedup's search at scale: random unit vectors of dim 512 with one planted near-copy per thousand rows
 (cosine about 0.96), threshold 0.9, through FAISS (flat up to FLAT_MAX rows, IVF past it) and through the blocked
-NumPy/BLAS exact search, one run each: seconds, rows/s, the peak RSS growth, and the share of planted pairs found.
+NumPy/BLAS exact search, one run each: wall and CPU seconds (the CPU time is the fairer figure on a shared
+machine), rows/s, the peak RSS growth, and the share of planted pairs found.
 
     MIX_BENCH_EMBEDS=100000,1000000 MIX_BENCH_INDEX=faiss,numpy nice pytest benchmarks/bench_dedup.py -s
 """
@@ -40,14 +41,14 @@ def test_semantic_search(rows, index, benchmark):
 
     embeds, truth = planted(rows)
     before = peak_rss_mb()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     found = benchmark.pedantic(lambda: search_pairs(embeds, THRESHOLD, index), rounds=1, iterations=1)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     recall = len(truth & set(found)) / len(truth)
     kind = index if index == "numpy" else ("faiss-flat" if rows <= FLAT_MAX else "faiss-ivf")
-    benchmark.extra_info.update(rows=rows, index=kind, seconds=round(seconds, 2), rows_per_s=round(rows / seconds),
-                                peak_rss_growth_mb=round(peak_rss_mb() - before), recall=round(recall, 4),
-                                pairs=len(found))  # fmt: skip
-    print(f"\n{kind} over {rows} x {DIM}: {seconds:.1f} s ({rows / seconds:,.0f} rows/s), peak RSS "
-          f"+{peak_rss_mb() - before:.0f} MB, {len(found)} pairs, planted recall {recall:.4f}")
-    assert recall > 0.99
+    benchmark.extra_info.update(rows=rows, index=kind, seconds=round(seconds, 2), cpu_s=round(cpu_seconds, 1),
+                                rows_per_s=round(rows / seconds), peak_rss_growth_mb=round(peak_rss_mb() - before),
+                                recall=round(recall, 4), pairs=len(found))  # fmt: skip
+    print(f"\n{kind} over {rows} x {DIM}: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU ({rows / seconds:,.0f} "
+          f"rows/s), peak RSS +{peak_rss_mb() - before:.0f} MB, {len(found)} pairs, planted recall {recall:.4f}")
+    assert recall == 1.0 if kind != "faiss-ivf" else recall >= 0.98  # IVF is approximate: it may miss a pair

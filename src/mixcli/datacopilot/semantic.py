@@ -135,8 +135,9 @@ def has_faiss() -> bool:
 def faiss_index(embeds: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 0):
     """A FAISS inner-product index holding ``embeds``: flat (exact) up to FLAT_MAX rows or with nlist=0, else an
     IVF index of ``nlist`` cells (4 sqrt(N) by default) trained by k-means on a sample, searching ``nprobe`` cells
-    (16 by default: each query then scans about 16 / nlist of the rows plus the nlist centroids). A near-duplicate lies next to its original, so both fall in the same or a
-    neighbouring cell: recall is high for the high thresholds dedup uses, though not guaranteed."""
+    (16 by default: each query then scans about 16 / nlist of the rows plus the nlist centroids). A near-duplicate
+    lies next to its original, so both fall in the same or a neighbouring cell: recall is high for the high
+    thresholds dedup uses, though not guaranteed."""
     import faiss
 
     n, dim = embeds.shape
