@@ -61,8 +61,8 @@ def write_bpe_tokenizer(folder: Path) -> None:
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                "pad_token": "<|endoftext|>"}  # fmt: skip
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
-    (folder / "tokenizer_config.json").write_text(json.dumps({**special, "tokenizer_class": "CLIPTokenizer",
-                                                              "model_max_length": 77, "do_lower_case": True}))  # fmt: skip
+    config = {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def write_eva_clip(folder: Path, seed: int = 0, preprocess: dict | None = None, pickle: bool = False) -> Path:

@@ -56,8 +56,9 @@ def reference_embeds(reference, images, texts):
     model, tokenizer, preprocess = reference
     with torch.no_grad():
         pixels = torch.stack([preprocess(image) for image in images])
-        return (model.encode_image(pixels, normalize=True).numpy(), model.encode_text(tokenizer(texts), normalize=True).numpy(),
-                pixels.numpy(), float(model.logit_scale.exp()))  # fmt: skip
+        image = model.encode_image(pixels, normalize=True).numpy()
+        text = model.encode_text(tokenizer(texts), normalize=True).numpy()
+        return image, text, pixels.numpy(), float(model.logit_scale.exp())
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,8 @@ def test_tower_table_is_timms():
             tower = timm.create_model(name, num_classes=0)
         block = tower.blocks[0]
         assert (tower.embed_dim, len(tower.blocks), block.attn.num_heads) == (cfg.width, cfg.layers, cfg.heads)
-        assert tower.patch_embed.patch_size == (cfg.patch_size,) * 2 and tower.patch_embed.img_size == (cfg.image_size,) * 2
+        assert tower.patch_embed.patch_size == (cfg.patch_size,) * 2
+        assert tower.patch_embed.img_size == (cfg.image_size,) * 2
         assert block.mlp.fc1_g.out_features == cfg.mlp_dim and block.attn.k_proj.bias is None
         assert tuple(tower.rope.ref_feat_shape) == (cfg.ref_grid,) * 2
 

@@ -25,7 +25,7 @@ def folder_task(path: Path) -> str | None:
 
     try:
         model_type = load_config(Path(path)).get("model_type", "")
-    except (MixError, AttributeError):
+    except (MixError, OSError, AttributeError):
         return None
     return family_task(str(model_type))
 

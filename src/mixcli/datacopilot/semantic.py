@@ -1,6 +1,7 @@
 """Data curation with a contrastive model: the CLIP score of each row's first image against its caption (cosine
-x 100, as LAION reports it) and near-duplicates by embedding cosine, through a blocked NumPy/BLAS search (FAISS's
-exact inner-product index where it is installed)."""
+x 100, as LAION reports it) and near-duplicates by embedding cosine: through FAISS where it is installed (an exact
+flat index for small sets, an inverted-file index past FLAT_MAX rows), else a blocked NumPy/BLAS exact search whose
+memory is one block of scores, never the N x N matrix."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from .schema import IMAGE_TOKEN
 
 BLOCK_ROWS = 4096  # query rows per product; 4096 x 1M float32 scores would be 16 GB, so the keys go in blocks too
 KEY_BLOCK = 16384  # 4096 x 16384 scores: 256 MB a block
+FLAT_MAX = 50_000  # up to here FAISS searches exactly (a flat index); past it, an inverted-file (IVF) index
+INDEXES = ("auto", "faiss", "numpy")
 
 
 def caption(row: Any, canon: dict | None, field: str | None = None) -> str | None:
@@ -103,35 +106,85 @@ def filter_by_score(ds: MMDataset, out: Path, model, min_score: float, caption_f
 # --- semantic near-duplicates ---------------------------------------------------------------------------
 
 
-def similar_pairs(embeds: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """(i, j), i < j, of unit rows whose cosine reaches ``threshold``: blocks of query rows against blocks of the
-    later rows, one BLAS product each, so memory stays at BLOCK_ROWS x KEY_BLOCK scores."""
+def similar_pairs(embeds: np.ndarray, threshold: float, block_rows: int | None = None,
+                  key_block: int | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    """(i, j), i < j, of unit rows whose cosine reaches ``threshold``, exactly: blocks of query rows against blocks
+    of the later rows, one BLAS product each, so memory stays at block_rows x key_block scores."""
+    block_rows, key_block = block_rows or BLOCK_ROWS, key_block or KEY_BLOCK
     embeds = np.ascontiguousarray(embeds, dtype=np.float32)
     found: list[tuple[int, int]] = []
     n = len(embeds)
-    for start in range(0, n, BLOCK_ROWS):
-        queries = embeds[start : start + BLOCK_ROWS]
-        for key_start in range(start, n, KEY_BLOCK):
-            scores = queries @ embeds[key_start : key_start + KEY_BLOCK].T
+    for start in range(0, n, block_rows):
+        queries = embeds[start : start + block_rows]
+        for key_start in range(start, n, key_block):
+            scores = queries @ embeds[key_start : key_start + key_block].T
             rows, cols = np.nonzero(scores >= threshold)
+            del scores  # before the next block's product is allocated
             i, j = rows + start, cols + key_start
             keep = i < j
             found += zip(i[keep].tolist(), j[keep].tolist())
     return sorted(found)
 
 
-def faiss_pairs(embeds: np.ndarray, threshold: float) -> list[tuple[int, int]] | None:
-    """similar_pairs through FAISS's range search on a flat inner-product index; None when FAISS is not installed."""
-    try:
-        import faiss
-    except ImportError:
-        return None
-    embeds = np.ascontiguousarray(embeds, dtype=np.float32)
-    index = faiss.IndexFlatIP(embeds.shape[1])
+def has_faiss() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("faiss") is not None
+
+
+def faiss_index(embeds: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 0):
+    """A FAISS inner-product index holding ``embeds``: flat (exact) up to FLAT_MAX rows or with nlist=0, else an
+    IVF index of ``nlist`` cells (4 sqrt(N) by default) trained by k-means on a sample, searching ``nprobe`` cells
+    (16 by default: each query then scans about 16 / nlist of the rows plus the nlist centroids). A near-duplicate
+    lies next to its original, so both fall in the same or a neighbouring cell: recall is high for the high
+    thresholds dedup uses, though not guaranteed."""
+    import faiss
+
+    n, dim = embeds.shape
+    nlist = (0 if n <= FLAT_MAX else int(4 * np.sqrt(n))) if nlist is None else nlist
+    if nlist == 0:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter, index.cp.max_points_per_centroid = 10, 32  # a sample of 32 rows a cell is enough here
+        sample = np.random.default_rng(seed).choice(n, min(n, 32 * nlist), replace=False)
+        index.train(embeds[np.sort(sample)])
+        index.nprobe = nprobe or min(nlist, 16)
     index.add(embeds)
-    lims, _, ids = index.range_search(embeds, float(threshold) - 1e-6)
-    found = {(i, int(j)) for i in range(len(embeds)) for j in ids[lims[i] : lims[i + 1]] if i < j}
+    return index
+
+
+def faiss_pairs(embeds: np.ndarray, threshold: float, nlist: int | None = None, nprobe: int | None = None,
+                block_rows: int | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    """similar_pairs through a FAISS index (see faiss_index), range-searched a block of queries at a time."""
+    embeds = np.ascontiguousarray(embeds, dtype=np.float32)
+    index = faiss_index(embeds, nlist, nprobe)
+    block_rows = block_rows or 4 * BLOCK_ROWS
+    found: set[tuple[int, int]] = set()
+    for start in range(0, len(embeds), block_rows):
+        # FAISS keeps scores above its radius; a hair under the threshold, then the exact cut on the scores.
+        lims, scores, ids = index.range_search(embeds[start : start + block_rows], float(threshold) - 1e-6)
+        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims.astype(np.int64)))
+        keep = (rows < ids) & (scores >= threshold)
+        found.update(zip(rows[keep].tolist(), ids[keep].tolist()))
     return sorted(found)
+
+
+def pick_index(index: str = "auto") -> str:
+    """"faiss" or "numpy" for an --index choice ("auto": FAISS when installed)."""
+    if index not in INDEXES:
+        raise MixError(f"{index!r} is not a semantic index", f"pick one of {', '.join(INDEXES)}")
+    if index == "faiss" and not has_faiss():
+        raise MixError("FAISS is not installed", "pip install 'mixcli[faiss]' (faiss-cpu), or use the numpy index")
+    return "faiss" if index == "faiss" or (index == "auto" and has_faiss()) else "numpy"
+
+
+def search_pairs(embeds: np.ndarray, threshold: float, index: str = "auto") -> list[tuple[int, int]]:
+    """The near-duplicate pairs of unit rows through the chosen index."""
+    if pick_index(index) == "faiss":
+        return faiss_pairs(embeds, threshold)
+    return similar_pairs(embeds, threshold)
 
 
 def row_embeddings(model, items: list[Pair], on: str, batch_size: int = 32, progress=lambda n: None) -> tuple[list[int], np.ndarray]:
@@ -156,12 +209,11 @@ def row_embeddings(model, items: list[Pair], on: str, batch_size: int = 32, prog
     return rows, np.concatenate(vectors) if vectors else np.zeros((0, width), np.float32)
 
 
-def semantic_clusters(rows: list[int], embeds: np.ndarray, threshold: float) -> list[dict]:
+def semantic_clusters(rows: list[int], embeds: np.ndarray, threshold: float, index: str = "auto") -> list[dict]:
     """Clusters of rows joined by cosine >= threshold (the first row of each kept)."""
     from .dedup import UnionFind
 
-    found = faiss_pairs(embeds, threshold)
-    found = similar_pairs(embeds, threshold) if found is None else found
+    found = search_pairs(embeds, threshold, index)
     uf = UnionFind(len(rows))
     for i, j in found:
         uf.union(i, j)
@@ -193,16 +245,18 @@ def merge_clusters(*groups: list[dict]) -> list[dict]:
 
 def semantic_dedup(ds: MMDataset, root: Path, opts, model, on: str, threshold: float, out: Path | None = None,
                    force: bool = False, absolute_paths: bool = False, batch_size: int = 32,
-                   progress=lambda n: None) -> dict:  # fmt: skip
-    """dedup() with semantic near-duplicates (embedding cosine >= threshold) joined to the kinds ``opts`` asks for."""
+                   progress=lambda n: None, index: str = "auto") -> dict:  # fmt: skip
+    """dedup() with semantic near-duplicates (embedding cosine >= threshold) joined to the kinds ``opts`` asks for;
+    ``index`` picks the search (auto: FAISS when installed, else the blocked NumPy one)."""
     from .dedup import dedup, write_kept
 
+    backend = pick_index(index)  # refused before any embedding is computed
     summary = dedup(ds, root, opts)
     items = list(pairs(ds))
     rows, embeds = row_embeddings(model, items, on, batch_size, progress)
-    clusters = merge_clusters(summary["clusters"], semantic_clusters(rows, embeds, threshold))
+    clusters = merge_clusters(summary["clusters"], semantic_clusters(rows, embeds, threshold, backend))
     drop = {r for c in clusters for r in c["rows"] if r != c["keep"]}
-    summary.update(clusters=clusters, duplicates=len(drop), semantic_rows=len(rows))
+    summary.update(clusters=clusters, duplicates=len(drop), semantic_rows=len(rows), semantic_index=backend)
     if out is not None:
         summary["kept"] = write_kept(ds, drop, out, force, absolute_paths)
     return summary

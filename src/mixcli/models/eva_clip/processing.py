@@ -36,8 +36,8 @@ class OpenCLIPImageProcessor:
                                   "bicubic/bilinear", "use an EVA02-CLIP checkpoint as published")  # fmt: skip
         size = preprocess.get("size") or image_size
         size = size[0] if isinstance(size, (list, tuple)) else size
-        return cls(int(size), tuple(preprocess.get("mean") or OPENAI_CLIP_MEAN),
-                   tuple(preprocess.get("std") or OPENAI_CLIP_STD), RESAMPLE[interpolation], mode == "squash")  # fmt: skip
+        mean, std = preprocess.get("mean") or OPENAI_CLIP_MEAN, preprocess.get("std") or OPENAI_CLIP_STD
+        return cls(int(size), tuple(mean), tuple(std), RESAMPLE[interpolation], mode == "squash")
 
     @property
     def output_size(self) -> tuple[int, int]:
