@@ -234,6 +234,9 @@ def test_export_round_trip(pair, tmp_path):
         np.testing.assert_allclose(a.weight_scale.numpy(), b.weight_scale.numpy(), rtol=1e-6)
     prompt = prompt_of(wint8)
     np.testing.assert_allclose(three_steps(loaded, prompt), three_steps(wint8, prompt), rtol=1e-5, atol=1e-5)
+    back = export_model(str(out), tmp_path / "float")  # the dequantised weights, a float config again
+    assert back.quantize is None and "quantization_config" not in json.loads((tmp_path / "float/config.json").read_text())
+    assert all(ref.dtype == "float32" for ref in read_safetensors(tmp_path / "float/model.safetensors").values())
 
 
 def test_unknown_method_is_refused_before_loading(tmp_path, cli):

@@ -320,7 +320,8 @@ def open_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     paddle_files = sum(f.suffix == ".pdparams" for f in files)
     if 0 < paddle_files < len(files):
         raise CheckpointError(f"{path} mixes Paddle and PyTorch weight files", "keep one format in the directory")
-    tensors, shards = dequantized(tensors), {f: [n for n in names if n in tensors] for f, names in shards.items()}
+    tensors = dequantized(tensors)
+    shards = {f: [n for n in names if n in tensors] for f, names in shards.items()}
     return Checkpoint(tensors, layout="paddle" if paddle_files else "torch", files=files, shards=shards)
 
 

@@ -26,9 +26,11 @@ def read_bandwidth(nbytes: int = 1 << 30, repeats: int = 3) -> float:
 
 def decode_bytes_per_token(language_model) -> int:
     """Weight bytes a decode step streams: every language-model tensor except the embedding table,
-    which is read one row per token (unless it doubles as the output projection)."""
+    which is read one row per token (unless it doubles as the output projection, and that is not an int8
+    copy of it: --quantize wint8)."""
     embed = language_model.model.embed_tokens.weight
     tied = getattr(language_model.config, "tie_word_embeddings", False)
+    tied = tied and not hasattr(getattr(language_model, "tied_head", None), "weight_scale")
     total = 0
     for tensor in [*language_model.parameters(), *language_model.buffers()]:
         if tensor is embed and not tied:

@@ -54,7 +54,7 @@ def export_model(name: str, out: str | Path, adapter: str | None = None, force: 
     .bin as safetensors); ``quantize="wint8"``: the language model's Linear weights as int8 + scales
     (export/wint8.py). Every check runs before anything is written."""
     from ..adapters import merge_adapter, read_adapter
-    from ..quant import check_method
+    from ..quant import check_method, checkpoint_method
     from ..vlm import model_dir
 
     check_method(quantize)
@@ -74,10 +74,10 @@ def export_model(name: str, out: str | Path, adapter: str | None = None, force: 
     with staging(out, force) as folder:
         files = write_shards(tensors, shards, folder)
         copy_side_files(path, folder)
-        if quantize == "wint8":
+        if quantize == "wint8" or checkpoint_method(config):  # a wint8 export re-written as float drops its config
             from .wint8 import write_config
 
-            write_config(folder, config, quantized)
+            write_config(folder, config, quantized if quantize == "wint8" else None)
     changed = sum(merged[n] is not checkpoint[n] for n in checkpoint)
     size = sum((out / f).stat().st_size for f in files)
     return Exported(out, name, adapter, files, len(tensors), changed, size, quantize, quantized)

@@ -66,7 +66,10 @@ def quantize_tensors(tensors: dict[str, TensorRef], shards: dict[Path, list[str]
     return out, new_shards, len(targets)
 
 
-def write_config(folder: Path, config: dict, count: int) -> None:
-    """config.json with its quantization_config, over the copied one."""
-    data = dict(config) | {"quantization_config": quantization_config(count)}
+def write_config(folder: Path, config: dict, count: int | None) -> None:
+    """config.json over the copied one: with a wint8 quantization_config for ``count`` tensors, or (None)
+    without one (a wint8 export written back as float)."""
+    data = {k: v for k, v in config.items() if k != "quantization_config"}
+    if count is not None:
+        data["quantization_config"] = quantization_config(count)
     (folder / "config.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
