@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
-from torchvision_cpu import declare_missing_ops
 from typer.testing import CliRunner
 
-declare_missing_ops()  # before transformers or open_clip import torchvision (see torchvision_cpu)
+# PyPI's torchvision beside the CPU torch, in this process and the ones the tests start (see site/torchvision_cpu.py).
+SITE = str(Path(__file__).parent / "site")
+sys.path.insert(0, SITE)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SITE, os.environ.get("PYTHONPATH")]))
+import torchvision_cpu  # noqa: E402
+
+torchvision_cpu.install()
 
 
 @pytest.fixture(autouse=True)
