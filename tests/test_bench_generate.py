@@ -73,8 +73,8 @@ def test_compare_diffusers_from_the_same_noise(cli, sd15):
     assert set(ref["metrics"]["step_s"]) == SUMMARY and ref["metrics"]["images"] == 1
     assert ref["metrics"]["step_s"]["mean"] * 2 + ref["metrics"]["vae_decode_s"]["mean"] <= ref["metrics"]["e2e_s"]["mean"]
     for key in ("step_s", "vae_decode_s", "e2e_s"):
-        assert report["ratio"][key] == pytest.approx(ref["metrics"][key]["p50"] / mine[key]["p50"], rel=2e-3)
-    assert report["ratio"]["images_per_s"] == pytest.approx(mine["images_per_s"] / ref["metrics"]["images_per_s"], rel=2e-3)
+        assert report["ratio"][key] == pytest.approx(ref["metrics"][key]["p50"] / mine[key]["p50"], abs=6e-4)
+    assert report["ratio"]["images_per_s"] == pytest.approx(mine["images_per_s"] / ref["metrics"]["images_per_s"], abs=6e-4)
     assert report["agreement"]["psnr_db"] >= PSNR_DB
     step = next(row for row in table_rows(report) if row["metric"] == "UNet step (s)")
     assert (step["reference"], step["speedup"]) == (f"{ref['metrics']['step_s']['p50']:g}", f"{report['ratio']['step_s']:g}")

@@ -71,8 +71,8 @@ def _reference_folder(model: str) -> Path:
     from ..diffusion.pipeline import _pipeline_dir
     from .diffusers_ref import check_diffusers
 
-    folder = Path(model).expanduser()
-    folder = folder if folder.is_dir() else _pipeline_dir(model)
+    path = Path(model).expanduser()
+    folder = path if path.exists() else _pipeline_dir(model)  # a single file fails the check: no model_index.json
     check_diffusers(folder)
     return folder
 
@@ -122,14 +122,14 @@ def generate_metrics(load_s: float, timings: list, wall: float) -> dict:
 def versus(folder: Path, request, settings: dict, mine: dict, my_image: np.ndarray,
            progress: Callable[[str], None]) -> dict:  # fmt: skip
     """The same workload on diffusers in its own process: its report, the ratios and the images' PSNR."""
-    import gc
     import json
     import tempfile
 
+    from .machine import release_freed_memory
     from .metrics import speedup
     from .sides import Side
 
-    gc.collect()
+    release_freed_memory()
     width, height = request.size
     job = {"prompt": request.prompt, "steps": request.steps, "guidance": settings["guidance"],
            "width": width, "height": height, "scheduler": request.scheduler}  # fmt: skip

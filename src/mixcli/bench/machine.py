@@ -106,3 +106,16 @@ def synchronize(device: str) -> None:
         from ..runtime import import_paddle
 
         import_paddle().device.synchronize()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed since the last peak back to the OS (glibc's malloc_trim), so that a reference
+    side started next has it: mix keeps freed buffers for reuse (runtime.keep_freed_memory)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

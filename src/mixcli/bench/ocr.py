@@ -100,12 +100,12 @@ def ocr_metrics(load_s: float, timings: list[dict], wall: float, texts: list[lis
 def versus(settings: OcrSettings, mine: dict, my_texts: list[list[str]], progress: Callable[[str], None]) -> dict:
     """The same images through rapidocr-onnxruntime in its own process: its report, the ratios and the
     agreement of the texts read."""
-    import gc
 
+    from .machine import release_freed_memory
     from .metrics import speedup
     from .sides import Side
 
-    gc.collect()
+    release_freed_memory()
     with Side("mixcli.bench.rapidocr_ref", "rapidocr", *settings.images) as ref:
         progress("loading the rapidocr reference")
         load_s = ref.ask("load")
