@@ -10,7 +10,7 @@ import typer
 from . import output
 from .options import AdapterOpt, AllowPickleOpt, JsonOpt, ModelArg
 
-FORMATS = ("safetensors", "paddle")
+FORMATS = ("safetensors", "paddle", "onnx")
 
 
 def _check_format(value: str) -> str:
@@ -35,8 +35,8 @@ FormatOpt = Annotated[
     typer.Option(
         "--format", metavar="FORMAT", callback=_check_format,
         help="safetensors: the authors' layout (config, names, shards, tokenizer), loadable by transformers; "
-        "paddle: a diffusion pipeline's components as static graphs for Paddle Inference, checked against the "
-        "dynamic model at export (mix generate OUT runs them).",
+        "paddle: a diffusion pipeline's components as static graphs for Paddle Inference (mix generate OUT "
+        "runs them); onnx: the same as ONNX files. Each is checked against the dynamic model at export.",
     ),
 ]  # fmt: skip
 SizeOpt = Annotated[
