@@ -1,6 +1,6 @@
 """`mix export --format paddle` of a Stable Diffusion pipeline: each component a static graph checked at
 export; `mix generate OUT` runs the export with Paddle Inference through the pipeline's own loop and
-makes the dynamic pipeline's image (PSNR >= 40 dB); a graph that disagrees with the dynamic model, a
+makes the dynamic pipeline's image (PSNR >= 40 dB, SD1.5 and SDXL); a graph that disagrees with the dynamic model, a
 component that does not convert, an existing output and an unknown format are refused."""
 
 from __future__ import annotations
@@ -133,3 +133,19 @@ def test_a_component_that_does_not_convert_is_named_with_the_operator(tmp_path):
     component = Component("sorter", HostRoundTrip(), ["x"], ["y"], [np.ones((2, 3), np.float32)])
     with pytest.raises(MixError, match=r"^sorter does not convert to a static graph: .*numpy"):
         export_static(component, tmp_path, "sorter/model")
+
+
+def test_sdxl_export_runs_as_the_dynamic_pipeline(tmp_path):
+    from sd_ref import write_sdxl
+
+    from mixcli.diffusion.pipeline import Request, load_pipeline
+    from mixcli.export.graphs import export_graphs
+
+    source = write_sdxl(tmp_path / "sdxl")
+    manifest = export_graphs(str(source), tmp_path / "out", "paddle").manifest
+    assert list(manifest["components"]) == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
+    roles = [t["role"] for t in manifest["components"]["unet"]["inputs"]]
+    assert roles == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    request = Request("a green hill", steps=3, seed=2, guidance=5.0)
+    a, b = (np.asarray(load_pipeline(str(p)).generate(request).images[0]) for p in (source, tmp_path / "out"))
+    assert a.std() > 10 and psnr(a, b) >= PSNR_DB
