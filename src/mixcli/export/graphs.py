@@ -6,7 +6,6 @@ inputs before the export is kept; and the manifest.json that lists what was writ
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,10 +204,6 @@ def manifest_head(kind: str, fmt: str, source: str, settings: dict) -> dict:
 def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
-
-def free_bytes(folder: Path) -> int:
-    stat = os.statvfs(folder)
-    return stat.f_bavail * stat.f_frsize
 
 
 @dataclass
