@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from .errors import MixError
 
@@ -13,11 +15,31 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+_tracing = False
+
+
+@contextmanager
+def tracing() -> Iterator[None]:
+    """While a layer is traced into a static graph (export): every host-side fast path (NumPy on DLPack
+    views, compiled ext ops, the NumPy decode step) is off, so the graph records plain Paddle ops only."""
+    global _tracing
+    before, _tracing = _tracing, True
+    try:
+        yield
+    finally:
+        _tracing = before
+
+
+def is_tracing() -> bool:
+    """Whether a `tracing()` block is running."""
+    return _tracing
+
+
 def fast_decode() -> bool:
     """Whether decoding takes its host-side paths on the CPU (NumPy decode steps in layers.fastdecode,
     single-row products through NumPy's BLAS in layers.linear); MIX_FAST_DECODE=0 turns both off, leaving
-    the plain Paddle path, the tests' oracle."""
-    return os.environ.get("MIX_FAST_DECODE", "1") != "0"
+    the plain Paddle path, the tests' oracle. Off while tracing."""
+    return not _tracing and os.environ.get("MIX_FAST_DECODE", "1") != "0"
 
 
 def cpu_threads() -> int:

@@ -59,23 +59,45 @@ class Result:
     loras: list = field(default_factory=list)  # the LoRA adapters (lora.LoraSpec) merged into the pipeline
 
 
-class StableDiffusion:
-    """A loaded SD1.5 or SDXL pipeline."""
+@dataclass
+class Networks:
+    """The networks a pipeline runs: its Paddle layers, or stand-ins called the same way (the Paddle
+    Inference predictors of a static export, export.diffusion), with the one size they take."""
 
-    def __init__(self, parts: PipelineParts, dtype: str = "float32"):
-        from .clip import CLIPTokenizer, build_text_encoder
-        from .unet import build_unet
-        from .vae import build_vae
+    unet: object
+    vae: object
+    text_encoders: list
+    size: tuple[int, int] | None = None  # (width, height) when the networks take only that size
+
+
+def build_networks(parts: PipelineParts, dtype: str, vae_dtype: str) -> Networks:
+    """The Paddle layers of a pipeline from its configs and weights."""
+    from .clip import build_text_encoder
+    from .unet import build_unet
+    from .vae import build_vae
+
+    texts = sorted(c for c in parts.weights if c.startswith("text_encoder"))
+    return Networks(
+        build_unet(parts.configs["unet"], parts.weights["unet"], dtype),
+        build_vae(parts.configs["vae"], parts.weights["vae"], vae_dtype),
+        [build_text_encoder(parts.configs[c], parts.weights[c], dtype) for c in texts],
+    )
+
+
+class StableDiffusion:
+    """A loaded SD1.5 or SDXL pipeline; ``networks`` replaces the layers built from ``parts.weights``."""
+
+    def __init__(self, parts: PipelineParts, dtype: str = "float32", networks: Networks | None = None):
+        from .clip import CLIPTokenizer
 
         self.architecture = parts.architecture
         self.scheduler_config = parts.configs["scheduler"]
         self.force_zeros = parts.pipeline_config.get("force_zeros_for_empty_prompt", True)
-        self.unet = build_unet(parts.configs["unet"], parts.weights["unet"], dtype)
         # diffusers decodes in float32 when a half-precision VAE sets force_upcast.
         self.vae_dtype = "float32" if parts.configs["vae"].get("force_upcast", False) else dtype
-        self.vae = build_vae(parts.configs["vae"], parts.weights["vae"], self.vae_dtype)
-        texts = sorted(c for c in parts.weights if c.startswith("text_encoder"))
-        self.text_encoders = [build_text_encoder(parts.configs[c], parts.weights[c], dtype) for c in texts]
+        networks = networks or build_networks(parts, dtype, self.vae_dtype)
+        self.unet, self.vae, self.text_encoders = networks.unet, networks.vae, networks.text_encoders
+        self.fixed_size = networks.size
         self.tokenizers = [CLIPTokenizer.from_dir(parts.tokenizer_dirs[c]) for c in sorted(parts.tokenizer_dirs)]
         self.dtype = dtype
         self.loras = list(parts.loras)
@@ -86,6 +108,8 @@ class StableDiffusion:
         return self.vae.scale_factor
 
     def native_size(self) -> tuple[int, int]:
+        if self.fixed_size is not None:
+            return self.fixed_size
         side = self.unet.config.sample_size * self.scale_factor
         return side, side
 
@@ -337,10 +361,26 @@ def load_pipeline(
     loras: list | None = None,
 ) -> StableDiffusion:
     """A pipeline from a registry alias, hub id, diffusers folder or single ``.safetensors`` file, with ``loras``
-    (lora.LoraSpec) merged into its weights."""
+    (lora.LoraSpec) merged into its weights; or a `mix export --format paddle` folder, run by Paddle Inference."""
     from .lora import apply_loras
 
+    exported = _exported(name)
+    if exported is not None:
+        if loras:
+            raise InputError("LoRA adapters cannot join an exported pipeline", "export the pipeline with them merged, or run the original")
+        from ..export.diffusion import load_exported_pipeline
+
+        return load_exported_pipeline(Path(name).expanduser(), exported)
+
     return StableDiffusion(apply_loras(_parts(name, variant, config_dir, allow_pickle), loras or [], allow_pickle), dtype)
+
+
+def _exported(name: str) -> dict | None:
+    """The manifest of an export folder ``name``, else None."""
+    from ..export.graphs import read_manifest
+
+    path = Path(name).expanduser()
+    return read_manifest(path) if path.is_dir() else None
 
 
 def _parts(name: str, variant: str | None, config_dir: str | None, allow_pickle: bool) -> PipelineParts:

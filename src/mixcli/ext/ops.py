@@ -19,7 +19,7 @@ import numpy as np
 import paddle
 from paddle import _C_ops
 
-from ..runtime import import_paddle
+from ..runtime import import_paddle, is_tracing
 from . import build, reference
 
 CPU_DTYPES = frozenset({paddle.float32})
@@ -41,8 +41,8 @@ _failure: str | None = None
 
 
 def enabled() -> bool:
-    """False when MIX_EXT=0 turns the fused ops off."""
-    return os.environ.get("MIX_EXT", "1") != "0"
+    """False when MIX_EXT=0 turns the fused ops off, and while a static graph is traced (runtime.tracing)."""
+    return not is_tracing() and os.environ.get("MIX_EXT", "1") != "0"
 
 
 def library() -> Library | None:

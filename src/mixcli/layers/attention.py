@@ -10,7 +10,7 @@ import paddle.nn.functional as F
 
 from .. import ext
 from . import cpu
-from .cpu import host, in_parallel
+from .cpu import host, in_parallel, is_cpu
 
 # Score blocks up to this size stay in this CPU's cache; measured for 16 heads x 1025 tokens:
 # 2 heads at a time (8 MiB of scores) ran the softmax 2.3x faster than all 16 at once.
@@ -161,11 +161,15 @@ def paddle_attention(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale
     """attention() in Paddle's ops: scaled-dot-product attention off the CPU, softmax blocks of
     heads_per_block heads on it (where gradients flow or the dtype is not float32)."""
     if token_major:
-        if not q.place.is_cpu_place() and q.shape[2] == k.shape[2]:  # the fused kernels' own layout
+        if not is_cpu(q) and q.shape[2] == k.shape[2]:  # the fused kernels' own layout
             mask = _with_causal(mask, causal, q.shape[1], k.shape[1], q.dtype)
             return fused_attention(q, k, v, scale, mask, token_major=True)
-        swap = [0, 2, 1, 3]
-        return paddle_attention(*(x.transpose(swap) for x in (q, k, v)), scale, mask, causal).transpose(swap)
+        swap = [0, 2, 1, 3]  # spelled out, not recursive: the static-graph tracer loses globals in recursion
+        return _head_major(q.transpose(swap), k.transpose(swap), v.transpose(swap), scale, mask, causal).transpose(swap)
+    return _head_major(q, k, v, scale, mask, causal)
+
+
+def _head_major(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask, causal: bool) -> paddle.Tensor:
     b, h, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     mask = _with_causal(mask, causal, t, s, q.dtype)
@@ -185,7 +189,7 @@ def _with_causal(mask, causal: bool, t: int, s: int, dtype):
 
 
 def _paddle_blocks(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, scale: float, mask) -> paddle.Tensor:
-    if not q.place.is_cpu_place():
+    if not is_cpu(q):
         return fused_attention(q, k, v, scale, mask)
     step = heads_per_block(q.shape[2], k.shape[2], q.shape[1], q.element_size())
     q = q * scale

@@ -13,15 +13,23 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import paddle
 
-from ..runtime import math_threads
+from ..runtime import is_tracing, math_threads, tracing  # noqa: F401 - tracing: the switch, re-exported
 
 _pool: ThreadPoolExecutor | None = None
 
 
 def on_cpu(x: paddle.Tensor) -> bool:
     """Whether ``x`` takes the CPU float32 NumPy path: a float32 CPU tensor that no gradient flows
-    through (NumPy records no autograd graph)."""
+    through (NumPy records no autograd graph); never while tracing a static graph."""
+    if is_tracing():
+        return False
     return x.place.is_cpu_place() and x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled())
+
+
+def is_cpu(x: paddle.Tensor) -> bool:
+    """Whether ``x`` lives on the CPU. A value being traced into a static graph has no place; it takes
+    the CPU's plain Paddle path, which every predictor runs."""
+    return is_tracing() or x.place.is_cpu_place()
 
 
 def host(x: paddle.Tensor) -> np.ndarray:

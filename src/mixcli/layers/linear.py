@@ -15,7 +15,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
-from ..runtime import fast_decode
+from ..runtime import fast_decode, is_tracing
 
 
 def host_views(weight: paddle.Tensor, bias: paddle.Tensor | None, out_in: bool = False):
@@ -62,7 +62,8 @@ class RowFastPath:
                 return row_product(x, *self._views)
         if out_in:  # a tied embedding table: no bias
             return paddle.matmul(x, self.weight, transpose_y=True)
-        if self.bias is not None and x.place.is_cpu_place():
+        # Not while tracing: paddle2onnx 2.1 has no conversion for addmm.
+        if self.bias is not None and not is_tracing() and x.place.is_cpu_place():
             return biased_product(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
