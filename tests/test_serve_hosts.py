@@ -15,7 +15,7 @@ from serving import serve_process, serving
 
 from mixcli.errors import MixError
 from mixcli.serve.app import ServerState
-from mixcli.serve.hosts import host_policy, split_host
+from mixcli.serve.hosts import host_policy, named_host, split_host
 
 
 @pytest.mark.parametrize("header, parsed", [
@@ -56,6 +56,12 @@ def test_every_interface_without_allow_host_answers_any_name_and_asks_for_a_warn
     policy = host_policy("0.0.0.0", 8000, ("box.lan",))  # once names are given, they are checked
     assert policy.allows("box.lan:8000") and policy.allows("localhost:8000") and not policy.allows("evil.example")
     assert not policy.unasked_wildcard
+
+
+def test_a_host_given_by_name_is_allowed_beside_its_address():
+    assert named_host("Box.LAN") == ("box.lan",) and named_host("localhost") == ("localhost",)
+    assert named_host("127.0.0.1") == named_host("::1") == named_host("0.0.0.0") == ()
+    assert host_policy("192.168.1.5", 8000, named_host("box.lan")).allows("box.lan:8000")
 
 
 def test_a_star_turns_the_check_off_and_bad_entries_are_refused():

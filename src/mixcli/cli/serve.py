@@ -89,7 +89,7 @@ def command(
 
     require_packages()
     from ..serve.app import ServerState
-    from ..serve.hosts import host_policy
+    from ..serve.hosts import host_policy, named_host
     from ..serve.media import MB, MediaPolicy
     from ..serve.server import Limits, bind, is_pipeline, load_state, run
 
@@ -97,7 +97,7 @@ def command(
         raise MixError("the API key is empty", "pass --api-key KEY or unset MIX_API_KEY")
     defaults = sampling_config(max_new_tokens, temperature, top_p, top_k, repetition_penalty, None, None)
     defaults.validate()
-    allow_hosts = tuple(allow_host or ())
+    allow_hosts = (*(allow_host or ()), *named_host(host))
     host_policy(host, port, allow_hosts)  # a malformed --allow-host fails before loading
     limits = Limits(max_queue, max_batch, max_body_mb, timeout)
     media = MediaPolicy(allow_local_media, allow_remote_media, max_pixels=max_image_pixels)

@@ -53,6 +53,16 @@ def host_policy(bound_host: str, port: int, allow_hosts: tuple[str, ...] | list[
     return HostPolicy(port, frozenset(own), extra)
 
 
+def named_host(host: str) -> tuple[str, ...]:
+    """``--host`` when it is a name rather than an address (its socket shows only the address), as an
+    allowed Host entry; () for an address."""
+    try:
+        ipaddress.ip_address(_bare(host))
+    except ValueError:
+        return (host.lower(),) if host not in WILDCARD_BINDS and split_host(host) else ()
+    return ()
+
+
 def split_host(header: str) -> tuple[str, int | None] | None:
     """``Host`` as (lower-case name, port or None); None when it is not a host[:port] at all."""
     header = header.strip().lower()
