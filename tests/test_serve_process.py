@@ -71,7 +71,9 @@ def test_sigterm_stops_taking_requests_and_ends_running_ones_within_seconds(qwen
         events: list[str] = []
         reader = threading.Thread(target=stream_until_closed, args=(url, events))
         reader.start()
+        deadline = time.monotonic() + 120
         while not any('"content": "' in e and '"content": ""' not in e for e in events):
+            assert reader.is_alive() and time.monotonic() < deadline, f"no token streamed: {events[-3:]}"
             time.sleep(0.02)
         start = time.monotonic()
         process.send_signal(signal.SIGTERM)
