@@ -195,8 +195,14 @@ def test_output_over_the_model_is_refused(cli, qwen):
     assert "holds the model" in error_line(cli("export", str(path), "-o", str(path.parent), "--force"))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "paddle", "gguf"])
-def test_unimplemented_formats_are_usage_errors(cli, qwen, tmp_path, fmt):
-    result = cli("export", str(qwen[0]), "-o", str(tmp_path / "out"), "--format", fmt)
+def test_an_unknown_format_is_a_usage_error(cli, qwen, tmp_path):
+    result = cli("export", str(qwen[0]), "-o", str(tmp_path / "out"), "--format", "gguf")
     assert result.exit_code == 2 and "safetensors" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "paddle"])
+def test_graph_formats_of_a_vision_language_model_are_refused(cli, qwen, tmp_path, fmt):
+    line = error_line(cli("export", str(qwen[0]), "-o", str(tmp_path / "out"), "--format", fmt))
+    assert "not a diffusion pipeline" in line
     assert not (tmp_path / "out").exists()

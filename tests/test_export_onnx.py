@@ -53,6 +53,28 @@ def test_every_component_is_an_onnx_file_checked_in_onnxruntime(exported):
     assert json.loads((out / "manifest.json").read_text()) == manifest
 
 
+def test_group_norm_epsilons_are_the_models(sd15, exported):
+    """paddle2onnx 2.1.0 reads Paddle's float64 attributes as float32 garbage unless the graph marks them float32."""
+    import onnx
+
+    out, manifest = exported
+    for name in ("unet", "vae_decoder", "vae_encoder"):
+        model = onnx.load(str(out / manifest["components"][name]["files"][0]))
+        epsilons = {onnx.helper.get_attribute_value(a) for node in model.graph.node
+                    if node.op_type == "InstanceNormalization" for a in node.attribute if a.name == "epsilon"}  # fmt: skip
+        # diffusers' resnets in the UNet take norm_eps (1e-5), its attention blocks and the VAE's norms 1e-6
+        expected = [1e-6, 1e-5] if name == "unet" else [1e-6]
+        assert np.allclose(sorted(epsilons), expected, rtol=1e-6, atol=0), (name, epsilons)
+
+
+def test_non_finite_outputs_fail_the_check():
+    from mixcli.errors import MixError
+    from mixcli.export.graphs import check
+
+    with pytest.raises(MixError, match="non-finite"):
+        check("vae_decoder", [np.array([np.nan, 0.0], np.float32)], [np.zeros(2, np.float32)], "onnxruntime")
+
+
 def test_onnx_unet_equals_diffusers(sd15, exported):
     import torch
     from diffusers import UNet2DConditionModel

@@ -46,38 +46,29 @@ def random_checkpoint(alias: str, progress: Callable[[str], None] = lambda line:
         raise MixError(f"--random-weights has no configuration for '{alias}'", f"it has: {', '.join(available(pipeline))}")
     folder = mix_home() / "bench" / "random" / alias
     if pipeline:
-        return _random_pipeline(alias, source, folder, progress)
-    if (folder / "model.safetensors.index.json").is_file():
+        from .random_pipeline import pipeline_bytes, pipeline_shapes, write_pipeline
+
+        if not (folder / "model_index.json").is_file():
+            shapes = pipeline_shapes(source)
+            _write_once(alias, folder, pipeline_bytes(shapes), lambda staging: write_pipeline(staging, source, shapes, progress), progress)
         return folder
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    shapes = authors_shapes(config)
-    nbytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
+    if not (folder / "model.safetensors.index.json").is_file():
+        config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+        shapes = authors_shapes(config)
+        nbytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
+        _write_once(alias, folder, nbytes, lambda staging: write_folder(staging, source, config, shapes), progress)
+    return folder
+
+
+def _write_once(alias: str, folder: Path, nbytes: int, write: Callable[[Path], None], progress: Callable[[str], None]) -> None:
+    """Write ``folder`` through a staging folder renamed at the end, after checking the disk has ``nbytes``."""
     check_free_space(folder.parent, nbytes)
     progress(f"writing random weights for {alias} once: {nbytes / 1e9:.1f} GB in {folder}")
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    write_folder(staging, source, config, shapes)
+    write(staging)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
-    return folder
-
-
-def _random_pipeline(alias: str, source: Path, folder: Path, progress: Callable[[str], None]) -> Path:
-    """The cached random diffusers folder of a pipeline alias (complete once model_index.json is there)."""
-    from .random_pipeline import pipeline_bytes, pipeline_shapes, write_pipeline
-
-    if (folder / "model_index.json").is_file():
-        return folder
-    shapes = pipeline_shapes(source)
-    nbytes = pipeline_bytes(shapes)
-    check_free_space(folder.parent, nbytes)
-    progress(f"writing random weights for {alias} once: {nbytes / 1e9:.1f} GB in {folder}")
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_pipeline(staging, source, shapes, progress)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    return folder
 
 
 def check_free_space(folder: Path, nbytes: int) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import output
+from .generate import _size
 from .options import AdapterOpt, AllowPickleOpt, JsonOpt, ModelArg, QuantizeOpt
 
 FORMATS = ("safetensors", "paddle", "onnx")
@@ -17,16 +18,6 @@ def _check_format(value: str) -> str:
     if value not in FORMATS:
         raise typer.BadParameter(f"{value!r} is not a format mix exports; formats: {', '.join(FORMATS)}")
     return value
-
-
-def _size(value: Optional[str]) -> Optional[tuple[int, int]]:
-    if value is None:
-        return None
-    try:
-        width, height = (int(part) for part in value.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"'{value}' is not WxH, e.g. 512x512", param_hint="'--size'") from None
-    return width, height
 
 
 OutputOpt = Annotated[str, typer.Option("--output", "-o", metavar="DIR", help="The folder to write.")]

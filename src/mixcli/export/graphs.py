@@ -150,6 +150,9 @@ def check(name: str, got: list[np.ndarray], expected: list[np.ndarray], runtime:
         if g.shape != e.shape:
             raise MixError(f"{name}: {runtime} gives shape {g.shape}, the dynamic model {e.shape}",
                            "report this conversion error; nothing was written")  # fmt: skip
+        if not np.isfinite(g).all():  # max() below would drop a NaN
+            raise MixError(f"{name}: {runtime} gives non-finite values where the dynamic model does not",
+                           "the conversion is wrong; nothing was written")  # fmt: skip
         diff = max(diff, float(np.abs(g.astype(np.float64) - e).max(initial=0.0)))
         scale = max(scale, float(np.abs(e).max(initial=0.0)))
     if not diff <= TOLERANCE * max(scale, 1e-6):  # NaN fails too

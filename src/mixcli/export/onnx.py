@@ -34,6 +34,7 @@ def convert(prefix: Path, target: Path, name: str, external_above: int = EXTERNA
     external data when the weights are larger than ``external_above`` bytes). paddle2onnx aborts its
     process on an operator it cannot convert, so it runs in a child process."""
     _modules()
+    _float64_attributes_as_float32(Path(f"{prefix}.json"))
     external = Path(f"{prefix}.pdiparams").stat().st_size > external_above
     data = target.with_name(target.name + ".data")
     args = [f"{prefix}.json", f"{prefix}.pdiparams", str(target), OPSET, str(data) if external else ""]
@@ -44,6 +45,17 @@ def convert(prefix: Path, target: Path, name: str, external_above: int = EXTERNA
         raise MixError(f"{name} does not convert to ONNX: {_reason(done.stdout + done.stderr, prefix)}",
                        "export it with --format paddle")  # fmt: skip
     return [target.name, data.name] if data.is_file() else [target.name]
+
+
+def _float64_attributes_as_float32(graph: Path) -> None:
+    """paddle2onnx 2.1.0 reads every float attribute of a PIR graph as float32, but Paddle 3.3 writes some as
+    float64 (group_norm's epsilon, pad3d's value): it then converts whatever bytes lie there (epsilons of
+    1e+33 or -0.0038 on InstanceNormalization, different on every run). Marking them float32 in the graph
+    file, which Paddle's loader accepts, makes the converter read the real values."""
+    import re
+
+    text = graph.read_text(encoding="utf-8")
+    graph.write_text(re.sub(r'\{"#":"0\.a_f64","D":', '{"#":"0.a_f32","D":', text), encoding="utf-8")
 
 
 def _reason(log: str, prefix: Path) -> str:
