@@ -40,3 +40,25 @@ def cli():
         return runner.invoke(app, list(args), input=input)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The ext ops built once for the session in their own cache ($MIX_EXT_DIR), or the build this process
+    already loaded (ops register with Paddle once per process). None on a machine without a C++ compiler:
+    the equivalence tests then run the fallback through the same functions."""
+    from mixcli import ext
+    from mixcli.ext import build, ops
+    from mixcli.runtime import import_paddle
+
+    if build.toolchain(import_paddle()).cxx is None:
+        yield None
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        if ops._library is None:
+            mp.setenv("MIX_EXT_DIR", str(tmp_path_factory.mktemp("ext-cache")))
+            ext.reset()
+        mp.delenv("MIX_EXT", raising=False)
+        library = ext.library()
+    assert library is not None, ext.failure()
+    yield library

@@ -31,24 +31,6 @@ HIDDEN = [7, 64, 896, 1536]
 EPS = 1e-6
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    """The ops built once for the session in their own cache ($MIX_EXT_DIR), or the build this process
-    already loaded (ops register with Paddle once per process). None on a machine without a C++ compiler:
-    the equivalence tests then run the fallback through the same functions."""
-    if build.toolchain(paddle).cxx is None:
-        yield None
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        if ops._library is None:
-            mp.setenv("MIX_EXT_DIR", str(tmp_path_factory.mktemp("ext-cache")))
-            ext.reset()
-        mp.delenv("MIX_EXT", raising=False)
-        library = ext.library()
-    assert library is not None, ext.failure()
-    yield library
-
-
 @pytest.fixture(autouse=True)
 def ext_cache(built, monkeypatch):
     """Each test sees the session's build in its cache (status() looks there), and only this file does."""
